@@ -1,0 +1,111 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""SteerMoE configuration: two frozen backbones (by Hub id or by config) and the aligner's settings."""
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+POOLING_TYPES = ("max", "avg", None)
+PROJECTOR_TYPES = ("linear", "mlp")
+
+
+def get_num_audio_tokens(num_feature_frames: int, pooling_kernel_size: int) -> int:
+    """Number of LLM audio tokens produced by one encoder window of `num_feature_frames` mel frames.
+
+    Whisper's conv stem halves the frame rate (stride 2, padding 1), then pooling with `kernel = stride =
+    pooling_kernel_size` (1 means no pooling) keeps partial last windows (`ceil`), so no audio is dropped.
+    The processor writes this many placeholder tokens; the model produces exactly this many frames.
+    """
+    if num_feature_frames <= 0:
+        return 0
+    encoder_frames = (num_feature_frames - 1) // 2 + 1
+    return math.ceil(encoder_frames / pooling_kernel_size)
+
+
+class SteerMoEConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SteerMoEForConditionalGeneration`]: a frozen audio encoder, a frozen decoder-only LLM and the
+    small trainable aligner between them.
+
+    Backbones are named by id (`audio_model_id`, `text_model_id`: Hub ids or local folders, with optional revisions),
+    in which case the saved `config.json` stores only the ids; or given in full (`audio_config`, `text_config`) to
+    build randomly initialised backbones, e.g. in tests.
+
+    Args:
+        audio_model_id (`str`, *optional*): Hub id or folder of the audio encoder (a Whisper checkpoint).
+        audio_model_revision (`str`, *optional*): Revision (branch, tag or commit) of `audio_model_id`.
+        text_model_id (`str`, *optional*): Hub id or folder of the decoder-only LLM.
+        text_model_revision (`str`, *optional*): Revision of `text_model_id`.
+        audio_config (`dict` or `PreTrainedConfig`, *optional*): Full audio encoder config, used when no id is given.
+        text_config (`dict` or `PreTrainedConfig`, *optional*): Full LLM config, used when no id is given.
+        num_experts (`int`, *optional*, defaults to 8): Steering vectors per encoder layer.
+        steering_scale (`float`, *optional*, defaults to 0.1): Initial value of every per-layer scale.
+        pooling_type (`str`, *optional*, defaults to `"max"`): `"max"`, `"avg"` or `None` (no temporal pooling).
+        pooling_kernel_size (`int`, *optional*, defaults to 4): Pooling kernel and stride (50 Hz -> 12.5 Hz).
+        projector_type (`str`, *optional*, defaults to `"linear"`): `"linear"` or `"mlp"` (Linear-GELU-Linear).
+        audio_token (`str`, *optional*, defaults to `"<|audio|>"`): The audio placeholder token.
+        audio_token_id (`int`, *optional*): Its id in the processor's tokenizer (`processor.audio_token_id`).
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the router and projector init.
+
+    Example:
+
+    ```python
+    >>> from configuration_steermoe import SteerMoEConfig
+    >>> config = SteerMoEConfig(audio_model_id="openai/whisper-large-v3", text_model_id="Qwen/Qwen2.5-7B-Instruct")
+    ```
+    """
+
+    model_type = "steermoe"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", optional=True),
+    }
+
+    audio_model_id: str | None = None
+    audio_model_revision: str | None = None
+    text_model_id: str | None = None
+    text_model_revision: str | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_experts: int = 8
+    steering_scale: float = 0.1
+    pooling_type: str | None = "max"
+    pooling_kernel_size: int = 4
+    projector_type: str = "linear"
+    audio_token: str = "<|audio|>"
+    audio_token_id: int | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.audio_config is None and self.audio_model_id is not None:
+            self.audio_config = AutoConfig.from_pretrained(self.audio_model_id, revision=self.audio_model_revision)
+        if self.text_config is None and self.text_model_id is not None:
+            self.text_config = AutoConfig.from_pretrained(self.text_model_id, revision=self.text_model_revision)
+        super().__post_init__(**kwargs)
+        if self.pooling_type not in POOLING_TYPES:
+            raise ValueError(f"pooling_type must be one of {POOLING_TYPES}, got {self.pooling_type!r}")
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.pooling_type is not None and self.pooling_kernel_size < 1:
+            raise ValueError(f"pooling_kernel_size must be >= 1, got {self.pooling_kernel_size}")
+
+    @property
+    def audio_frames_per_token(self) -> int:
+        """Encoder frames merged into one LLM audio token (1 without pooling)."""
+        return self.pooling_kernel_size if self.pooling_type is not None else 1
+
+    def to_dict(self):
+        """Serialise; a backbone named by id is stored by id only, so `config.json` stays small."""
+        output = super().to_dict()
+        if self.audio_model_id is not None:
+            output.pop("audio_config", None)
+        if self.text_model_id is not None:
+            output.pop("text_config", None)
+        return output
+
+
+__all__ = ["SteerMoEConfig", "get_num_audio_tokens"]

@@ -1,0 +1,470 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""SteerMoE: a frozen audio encoder steered layer by layer by a mixture of steering vectors, projected into a frozen
+decoder-only LLM."""
+
+import copy
+import json
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import cached_file, logging
+
+
+try:
+    from .configuration_steermoe import SteerMoEConfig
+except ImportError:
+    from configuration_steermoe import SteerMoEConfig
+
+
+logger = logging.get_logger(__name__)
+
+ADAPTER_WEIGHTS_NAME = "model.safetensors"
+ADAPTER_PREFIXES = ("aligner.",)
+
+
+class SteerMoEWhisperEncoder(WhisperEncoder):
+    """A Whisper encoder that loads from a full Whisper checkpoint (encoder half only) or an encoder-only one."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^model\.decoder\.", r"^proj_out\."]
+    _checkpoint_key_mapping = {r"^model\.encoder\.": "", r"^encoder\.": ""}
+
+
+class SteerMoEAligner(nn.Module):
+    """The trainable part: per-layer steering of the frozen encoder, temporal pooling and the projection to the LLM.
+
+    Attributes:
+        steering_vectors (`nn.Parameter` of shape `(num_layers, num_experts, audio_hidden_size)`)
+        router (`nn.Linear`): `audio_hidden_size -> num_layers * num_experts`; rows `l*E:(l+1)*E` route layer `l`.
+        layer_scales (`nn.Parameter` of shape `(num_layers,)`)
+        projector (`nn.Module`): `audio_hidden_size -> text_hidden_size`.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        audio_hidden_size = config.audio_config.d_model
+        text_hidden_size = config.text_config.hidden_size
+        self.num_layers = config.audio_config.encoder_layers
+        self.num_experts = config.num_experts
+        self.pooling_type = config.pooling_type
+        self.pooling_kernel_size = config.audio_frames_per_token
+
+        self.steering_vectors = nn.Parameter(torch.empty(self.num_layers, self.num_experts, audio_hidden_size))
+        self.router = nn.Linear(audio_hidden_size, self.num_layers * self.num_experts)
+        self.layer_scales = nn.Parameter(torch.full((self.num_layers,), float(config.steering_scale)))
+        if config.projector_type == "linear":
+            self.projector = nn.Linear(audio_hidden_size, text_hidden_size)
+        else:
+            self.projector = nn.Sequential(
+                nn.Linear(audio_hidden_size, text_hidden_size),
+                nn.GELU(),
+                nn.Linear(text_hidden_size, text_hidden_size),
+            )
+
+    def router_logits(self, hidden_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """Layer `layer_idx`'s router logits, `(..., num_experts)`; computes only that layer's slice of the router."""
+        rows = slice(layer_idx * self.num_experts, (layer_idx + 1) * self.num_experts)
+        return nn.functional.linear(hidden_states, self.router.weight[rows], self.router.bias[rows])
+
+    def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """`h + layer_scales[l] * sum_k softmax(router_l(h))_k * steering_vectors[l, k]` for `h` of shape
+        `(batch, frames, audio_hidden_size)`, computed in the aligner's dtype and returned in `h`'s."""
+        states = hidden_states.to(self.router.weight.dtype)
+        gates = self.router_logits(states, layer_idx).softmax(dim=-1)
+        steering = gates @ self.steering_vectors[layer_idx]
+        return hidden_states + (self.layer_scales[layer_idx] * steering).to(hidden_states.dtype)
+
+    def pool(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked temporal pooling with kernel = stride; a partial last window is kept.
+
+        Args:
+            hidden_states: `(batch, frames, hidden)`; frame_mask: `(batch, frames)` bool, True on real frames.
+        Returns:
+            pooled `(batch, ceil(frames / kernel), hidden)` (zeros where no real frame) and its bool mask.
+        """
+        kernel = self.pooling_kernel_size
+        if self.pooling_type is None or kernel == 1:
+            return hidden_states.masked_fill(~frame_mask[..., None], 0.0), frame_mask
+        batch, frames, hidden = hidden_states.shape
+        pad = -frames % kernel
+        hidden_states = nn.functional.pad(hidden_states, (0, 0, 0, pad))
+        frame_mask = nn.functional.pad(frame_mask, (0, pad))
+        windows = hidden_states.view(batch, -1, kernel, hidden)
+        window_mask = frame_mask.view(batch, -1, kernel, 1)
+        pooled_mask = window_mask.any(dim=2)
+        if self.pooling_type == "max":
+            pooled = windows.masked_fill(~window_mask, float("-inf")).amax(dim=2)
+        else:
+            counts = window_mask.sum(dim=2).clamp(min=1)
+            pooled = windows.masked_fill(~window_mask, 0.0).sum(dim=2) / counts.to(windows.dtype)
+        return pooled.masked_fill(~pooled_mask, 0.0), pooled_mask.squeeze(-1)
+
+    def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., audio_hidden_size)` -> `(..., text_hidden_size)` in the aligner's dtype."""
+        return self.projector(hidden_states.to(self.router.weight.dtype))
+
+
+class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """Frozen audio encoder + trainable [`SteerMoEAligner`] + frozen decoder-only LLM.
+
+    `SteerMoEForConditionalGeneration(config, **backbone_kwargs)` loads the backbones named by `config.audio_model_id`
+    / `config.text_model_id` with their own `from_pretrained` (`backbone_kwargs` such as `dtype`, `device_map`,
+    `attn_implementation`, `token` are passed on), or builds them from `audio_config` / `text_config`.
+    `from_pretrained(adapter_dir_or_id)` rebuilds the backbones from the recorded ids and loads the aligner strictly.
+    """
+
+    config_class = SteerMoEConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _keep_in_fp32_modules_strict = ["aligner"]
+
+    def __init__(self, config, **backbone_kwargs):
+        super().__init__(config)
+        if config.audio_config.model_type != "whisper":
+            raise ValueError(f"Unsupported audio encoder type {config.audio_config.model_type!r}; expected 'whisper'.")
+        self.audio_encoder = self._build_audio_encoder(config, backbone_kwargs)
+        self.language_model = self._build_language_model(config, backbone_kwargs)
+        config.audio_config = self.audio_encoder.config
+        config.text_config = self.language_model.config
+        self.aligner = SteerMoEAligner(config)
+        self.post_init()
+        self.aligner.to(self.audio_encoder.conv1.weight.device)
+        self.freeze_backbones()
+        self.generation_config = copy.deepcopy(self.language_model.generation_config)
+
+    @staticmethod
+    def _build_audio_encoder(config, backbone_kwargs):
+        if config.audio_model_id is None:
+            audio_config = copy.deepcopy(config.audio_config)
+            audio_config.encoder_layerdrop = 0.0
+            return SteerMoEWhisperEncoder(audio_config)
+        encoder, info = SteerMoEWhisperEncoder.from_pretrained(
+            config.audio_model_id,
+            revision=config.audio_model_revision,
+            key_mapping=SteerMoEWhisperEncoder._checkpoint_key_mapping,
+            encoder_layerdrop=0.0,
+            output_loading_info=True,
+            **backbone_kwargs,
+        )
+        _raise_on_missing_backbone_weights("audio", config.audio_model_id, info)
+        return encoder
+
+    @staticmethod
+    def _build_language_model(config, backbone_kwargs):
+        if config.text_model_id is None:
+            return AutoModelForCausalLM.from_config(copy.deepcopy(config.text_config))
+        model, info = AutoModelForCausalLM.from_pretrained(
+            config.text_model_id,
+            revision=config.text_model_revision,
+            output_loading_info=True,
+            **backbone_kwargs,
+        )
+        _raise_on_missing_backbone_weights("text", config.text_model_id, info)
+        return model
+
+    def _init_weights(self, module):
+        if isinstance(module, SteerMoEAligner):
+            init.normal_(module.steering_vectors, std=0.01)
+            init.constant_(module.layer_scales, self.config.steering_scale)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=self.config.initializer_range)
+            init.zeros_(module.bias)
+
+    def freeze_backbones(self):
+        """Freeze the encoder and the LLM (no gradients, eval mode); the aligner stays trainable."""
+        for backbone in (self.audio_encoder, self.language_model):
+            backbone.requires_grad_(False)
+            backbone.eval()
+        self.aligner.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        """Switch the aligner to `mode`; the frozen backbones always stay in eval mode (no dropout)."""
+        super().train(mode)
+        self.audio_encoder.eval()
+        self.language_model.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def get_parameter_report(self) -> dict[str, dict[str, int]]:
+        """Trainable and frozen parameter counts per component (`audio_encoder`, `aligner`, `language_model`) and
+        in total; works on a model built on the meta device."""
+        report = {}
+        for name in ("audio_encoder", "aligner", "language_model"):
+            params = list(getattr(self, name).parameters())
+            trainable = sum(p.numel() for p in params if p.requires_grad)
+            report[name] = {"trainable": trainable, "frozen": sum(p.numel() for p in params) - trainable}
+        report["total"] = {key: sum(row[key] for row in report.values()) for key in ("trainable", "frozen")}
+        return report
+
+    def _encode_audio(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None):
+        """Steered encoder pass.
+
+        Args:
+            input_features: `(windows, num_mel_bins, frames)` log-mel features, each window at most 30 s.
+            feature_attention_mask: `(windows, frames)`, 1 on real frames; `None` means all frames are real.
+        Returns:
+            audio embeddings `(windows, tokens, text_hidden_size)` and their bool mask `(windows, tokens)`.
+        """
+        encoder = self.audio_encoder
+        num_frames = input_features.shape[-1]
+        max_frames = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        if num_frames > max_frames:
+            raise ValueError(
+                f"An audio window has {num_frames} feature frames but the encoder takes at most {max_frames} "
+                "(30 s); split longer audio into windows with the SteerMoEProcessor."
+            )
+        if feature_attention_mask is None:
+            feature_attention_mask = torch.ones(input_features.shape[0], num_frames, device=input_features.device)
+        input_features = input_features.to(dtype=encoder.conv1.weight.dtype, device=encoder.conv1.weight.device)
+        hidden_states = nn.functional.gelu(encoder.conv1(input_features))
+        hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
+        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+
+        feature_lengths = feature_attention_mask.sum(-1).to(hidden_states.device)
+        encoder_lengths = (feature_lengths - 1).div(2, rounding_mode="floor") + 1
+        encoder_lengths = encoder_lengths.masked_fill(feature_lengths == 0, 0)
+        frame_mask = torch.arange(hidden_states.shape[1], device=hidden_states.device) < encoder_lengths[:, None]
+        attention_mask = create_bidirectional_mask(
+            config=encoder.config, inputs_embeds=hidden_states, attention_mask=frame_mask
+        )
+        for layer_idx, layer in enumerate(encoder.layers):
+            hidden_states = layer(hidden_states, attention_mask)
+            hidden_states = self.aligner.steer(hidden_states, layer_idx)
+
+        hidden_states, token_mask = self.aligner.pool(hidden_states, frame_mask)
+        hidden_states = encoder.layer_norm(hidden_states)
+        audio_embeds = self.aligner.project(hidden_states).masked_fill(~token_mask[..., None], 0.0)
+        return audio_embeds, token_mask
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Audio embeddings for the LLM, `(windows, tokens, text_hidden_size)`; positions past a window's real
+        length are zero. A window of `n` real feature frames gives `get_num_audio_tokens(n, ...)` tokens."""
+        return self._encode_audio(input_features, feature_attention_mask)[0]
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Bool mask `(batch, seq_len)` of the audio placeholder tokens."""
+        if self.config.audio_token_id is None:
+            raise ValueError(
+                "config.audio_token_id is not set: build the config with audio_token_id=processor.audio_token_id."
+            )
+        return input_ids == self.config.audio_token_id
+
+    def _merge_audio_into_embeddings(self, input_ids, input_features, feature_attention_mask):
+        """Text embeddings with the audio placeholders replaced, in order, by the audio frames of all windows."""
+        placeholder_mask = self.get_placeholder_mask(input_ids)
+        audio_embeds, token_mask = self._encode_audio(input_features, feature_attention_mask)
+        audio_embeds = audio_embeds[token_mask]
+        num_placeholders = int(placeholder_mask.sum())
+        if num_placeholders != audio_embeds.shape[0]:
+            raise ValueError(
+                f"The text holds {num_placeholders} audio placeholder tokens but the audio gives "
+                f"{audio_embeds.shape[0]} frames. Build inputs with the SteerMoEProcessor whose pooling matches "
+                f"this model (pooling_kernel_size={self.config.audio_frames_per_token})."
+            )
+        embed_tokens = self.get_input_embeddings()
+        inputs_embeds = embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
+        audio_embeds = audio_embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholder_mask[..., None].to(inputs_embeds.device), audio_embeds)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ):
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): Prompt (and target) ids with one audio
+                placeholder per audio token, as written by the SteerMoEProcessor.
+            attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*): Text padding mask.
+            input_features (`torch.FloatTensor` of shape `(windows, num_mel_bins, frames)`, *optional*): Log-mel
+                features; the windows of all clips in batch order. Without them this is the plain LLM.
+            feature_attention_mask (`torch.Tensor` of shape `(windows, frames)`, *optional*): 1 on real frames.
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): Target ids, -100 where no loss.
+        Returns:
+            The LLM's `CausalLMOutputWithPast` (loss is the LLM's shifted cross-entropy over `labels`).
+        """
+        if input_features is not None and inputs_embeds is None:
+            inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            input_ids = None
+        return self.language_model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Generate from a prompt with audio placeholders (or from text alone, exactly as the base LLM).
+
+        Right-padded batches (as the processor writes them) are moved to left padding first. Returns `(batch,
+        prompt_len + new_tokens)` like any decoder-only `generate`; the new text is `output[:, prompt_len:]`.
+        """
+        generation_config = copy.deepcopy(generation_config or self.generation_config)
+        kwargs = generation_config.update(**kwargs)
+        if attention_mask is not None:
+            input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if input_features is not None:
+            inputs["inputs_embeds"] = self._merge_audio_into_embeddings(
+                input_ids, input_features, feature_attention_mask
+            )
+        return self.language_model.generate(**inputs, generation_config=generation_config, **kwargs)
+
+    def _adapter_state_dict(self, state_dict: dict | None = None) -> dict:
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        return {key: value for key, value in state_dict.items() if key.startswith(ADAPTER_PREFIXES)}
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Save `config.json`, `generation_config.json`, the code files and the aligner weights only."""
+        module = self.__class__.__module__.split(".")[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", f"{module.replace('modeling_', 'configuration_')}.SteerMoEConfig")
+        for auto_class in ("AutoModel", "AutoModelForSpeechSeq2Seq"):
+            auto_map[auto_class] = f"{module}.{self.__class__.__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, state_dict=self._adapter_state_dict(state_dict), **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        config=None,
+        revision: str | None = None,
+        subfolder: str = "",
+        output_loading_info: bool = False,
+        **kwargs,
+    ):
+        """Load an adapter saved by `save_pretrained`: backbones from the ids its config records (their own
+        `from_pretrained`, with `dtype`, `device_map`, `attn_implementation`, `token`, ... passed on), then the
+        aligner weights, strictly. Config fields can be overridden as keyword arguments."""
+        hub_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "proxies")
+            if key in kwargs
+        }
+        kwargs.pop("trust_remote_code", None)
+        kwargs.pop("_from_auto", None)
+        kwargs.pop("_from_pipeline", None)
+        kwargs.pop("adapter_kwargs", None)
+        backbone_keys = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
+        backbone_kwargs = {key: kwargs.pop(key) for key in backbone_keys if key in kwargs}
+        if "torch_dtype" in backbone_kwargs:
+            backbone_kwargs.setdefault("dtype", backbone_kwargs.pop("torch_dtype"))
+        if config is None:
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path,
+                revision=revision,
+                subfolder=subfolder,
+                return_unused_kwargs=True,
+                **hub_kwargs,
+                **kwargs,
+            )
+        else:
+            for key, value in list(kwargs.items()):
+                if hasattr(config, key):
+                    setattr(config, key, kwargs.pop(key))
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for SteerMoEForConditionalGeneration.from_pretrained: {sorted(kwargs)}")
+        if "token" in hub_kwargs:
+            backbone_kwargs["token"] = hub_kwargs["token"]
+        if config._attn_implementation_internal is not None and "attn_implementation" not in backbone_kwargs:
+            backbone_kwargs["attn_implementation"] = config._attn_implementation_internal
+
+        model = cls(config, *model_args, **backbone_kwargs)
+        lookup = {"revision": revision, "subfolder": subfolder, **hub_kwargs}
+        weights_file = cached_file(pretrained_model_name_or_path, ADAPTER_WEIGHTS_NAME, **lookup)
+        loaded_keys = model._load_adapter_weights(weights_file, pretrained_model_name_or_path, lookup)
+        generation_file = cached_file(
+            pretrained_model_name_or_path, "generation_config.json", _raise_exceptions_for_missing_entries=False, **lookup
+        )
+        if generation_file is not None:
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **lookup)
+        model.eval()
+        if output_loading_info:
+            return model, {"loaded_keys": loaded_keys, "missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+        return model
+
+    def _load_adapter_weights(self, weights_file: str, source, lookup: dict) -> list[str]:
+        """Load the aligner (and any adapter) weights strictly; raise on missing, extra or mis-shaped tensors."""
+        expected = self._adapter_state_dict()
+        with safe_open(weights_file, framework="pt") as reader:
+            saved_keys = set(reader.keys())
+            missing = sorted(set(expected) - saved_keys)
+            unexpected = sorted(saved_keys - set(expected))
+            if missing or unexpected:
+                raise ValueError(
+                    f"The adapter weights in {source} do not match this model: missing {missing}, unexpected "
+                    f"{unexpected}. Nothing was loaded."
+                )
+            mismatched = {
+                key: (tuple(reader.get_slice(key).get_shape()), tuple(expected[key].shape))
+                for key in expected
+                if tuple(reader.get_slice(key).get_shape()) != tuple(expected[key].shape)
+            }
+            if mismatched:
+                raise ValueError(self._pair_mismatch_message(source, lookup, mismatched))
+            state_dict = {key: reader.get_tensor(key) for key in expected}
+        self.load_state_dict(state_dict, strict=False)
+        return sorted(state_dict)
+
+    def _pair_mismatch_message(self, source, lookup: dict, mismatched: dict) -> str:
+        saved_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **lookup)
+        saved = json.load(open(saved_file)) if saved_file else {}
+        shapes = ", ".join(f"{key}: saved {old} vs model {new}" for key, (old, new) in mismatched.items())
+        return (
+            f"The adapter in {source} was trained for audio encoder {saved.get('audio_model_id')!r} + LLM "
+            f"{saved.get('text_model_id')!r}, but this model is built on audio encoder {self.config.audio_model_id!r} "
+            f"(d_model={self.config.audio_config.d_model}, layers={self.config.audio_config.encoder_layers}) + LLM "
+            f"{self.config.text_model_id!r} (hidden_size={self.config.text_config.hidden_size}); "
+            f"shapes differ: {shapes}."
+        )
+
+
+def _raise_on_missing_backbone_weights(kind: str, model_id: str, loading_info: dict):
+    missing = loading_info.get("missing_keys") or []
+    if missing:
+        raise ValueError(
+            f"The {kind} backbone {model_id!r} lacks weights for {sorted(missing)[:10]} "
+            f"({len(missing)} missing tensors); refusing to use randomly initialised backbone weights."
+        )
+
+
+def _right_to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Move right padding to the left (row by row, order kept), as decoder-only generation needs."""
+    if not bool((attention_mask[:, -1] == 0).any()):
+        return input_ids, attention_mask
+    trailing = attention_mask.flip(-1).cumsum(-1).eq(0).sum(-1)
+    index = (torch.arange(input_ids.shape[1], device=input_ids.device) - trailing[:, None]) % input_ids.shape[1]
+    return input_ids.gather(1, index), attention_mask.gather(1, index)
+
+
+SteerMoEConfig.register_for_auto_class()
+SteerMoEForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["SteerMoEAligner", "SteerMoEForConditionalGeneration"]

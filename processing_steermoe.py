@@ -1,0 +1,251 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""SteerMoE processor: the audio encoder's feature extractor + the LLM's tokenizer with an audio placeholder token."""
+
+import io
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+from transformers.tokenization_utils_base import AddedToken
+
+
+try:
+    from .configuration_steermoe import get_num_audio_tokens
+except ImportError:
+    from configuration_steermoe import get_num_audio_tokens
+
+try:
+    import soxr
+except ImportError:
+    soxr = None
+
+try:
+    import soundfile
+except ImportError:
+    soundfile = None
+
+
+MIN_SAMPLING_RATE = 1_000
+MAX_SAMPLING_RATE = 768_000
+MAX_CHANNELS = 64
+
+
+def load_audio(source) -> tuple[np.ndarray, int]:
+    """Decode an audio file (path, bytes or file object; WAV, FLAC, OGG, MP3 via libsndfile) to float32.
+
+    Returns `(samples, sampling_rate)` with samples `(num_samples,)` for mono or `(num_samples, channels)`.
+    """
+    if soundfile is None:
+        raise ImportError("Decoding audio files needs the soundfile package: pip install soundfile")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    samples, sampling_rate = soundfile.read(source, dtype="float32", always_2d=False)
+    return samples, sampling_rate
+
+
+def _to_mono_float32(audio) -> np.ndarray:
+    """One clip as float32 mono `(num_samples,)`: integer PCM is scaled to [-1, 1), channels are averaged."""
+    audio = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if audio.dtype.kind not in "iuf":
+        raise ValueError(f"Audio must be an int or float array, got dtype {audio.dtype}.")
+    if audio.dtype.kind == "i":
+        audio = audio.astype(np.float32) / np.float32(np.iinfo(audio.dtype).max + 1)
+    elif audio.dtype.kind == "u":
+        info = np.iinfo(audio.dtype)
+        audio = (audio.astype(np.float32) - (info.max + 1) / 2) / np.float32((info.max + 1) / 2)
+    audio = audio.astype(np.float32, copy=False)
+    if audio.ndim == 2:
+        channel_axis = int(np.argmin(audio.shape))
+        if audio.shape[channel_axis] > MAX_CHANNELS:
+            raise ValueError(f"Audio of shape {audio.shape} is not one clip: expected (samples,) or (channels, samples).")
+        audio = audio.mean(axis=channel_axis)
+    elif audio.ndim != 1:
+        raise ValueError(f"One audio clip must be 1-D (mono) or 2-D (multi-channel), got shape {audio.shape}.")
+    if audio.size == 0:
+        raise ValueError("Audio clip is empty.")
+    if not np.isfinite(audio).all():
+        raise ValueError("Audio clip contains NaN or infinite samples.")
+    return audio
+
+
+class SteerMoEProcessor(ProcessorMixin):
+    r"""
+    Builds SteerMoE inputs: log-mel features of each clip (split into 30 s windows, never cut) and the prompt with its
+    audio placeholder expanded to exactly as many tokens as the model makes audio frames.
+
+    Args:
+        feature_extractor (`WhisperFeatureExtractor`): The audio encoder's feature extractor.
+        tokenizer (`PreTrainedTokenizerBase`): The LLM's tokenizer; the audio token is added if missing, a missing
+            pad token is set to the EOS token, and padding is on the right (the model left-pads for generation).
+        audio_token (`str`, *optional*, defaults to `"<|audio|>"`): The audio placeholder token.
+        pooling_kernel_size (`int`, *optional*, defaults to 4): Encoder frames per audio token; must equal the model
+            config's `audio_frames_per_token`.
+        pad_to_full_window (`bool`, *optional*, defaults to `False`): Pad every clip to a 30 s window (Whisper's
+            training condition, every frame passed on) instead of encoding only its real length.
+        chat_template (`str`, *optional*): Defaults to the tokenizer's.
+    """
+
+    def __init__(
+        self,
+        feature_extractor=None,
+        tokenizer=None,
+        audio_token="<|audio|>",
+        pooling_kernel_size=4,
+        pad_to_full_window=False,
+        chat_template=None,
+    ):
+        if audio_token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        self.audio_token = audio_token
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        self.pooling_kernel_size = pooling_kernel_size
+        self.pad_to_full_window = pad_to_full_window
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features", "feature_attention_mask"]
+
+    def _window_features(self, clip: np.ndarray) -> list[np.ndarray]:
+        """Log-mel features `(num_mel_bins, frames)` of each 30 s window of one 16 kHz mono clip."""
+        extractor = self.feature_extractor
+        window = extractor.n_samples
+        min_length = extractor.n_fft
+        features = []
+        for start in range(0, len(clip), window):
+            piece = clip[start : start + window]
+            target = window if self.pad_to_full_window else max(len(piece), min_length)
+            piece = np.pad(piece, (0, target - len(piece)))
+            feats = extractor(
+                piece, sampling_rate=extractor.sampling_rate, padding="do_not_pad", return_tensors="np"
+            ).input_features[0]
+            features.append(feats)
+        return features
+
+    def _prepare_audio(self, audio, sampling_rate):
+        """Returns the batch's features, their frame mask and each clip's number of audio tokens."""
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate is required with audio (the rate the samples were recorded at, e.g. 16000)."
+            )
+        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer, float)):
+            raise ValueError(f"sampling_rate must be a number of samples per second, got {sampling_rate!r}.")
+        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE or int(sampling_rate) != sampling_rate:
+            raise ValueError(
+                f"sampling_rate={sampling_rate} is not a plausible audio rate "
+                f"(an integer in [{MIN_SAMPLING_RATE}, {MAX_SAMPLING_RATE}] Hz)."
+            )
+        clips = audio if isinstance(audio, (list, tuple)) else [audio]
+        target_rate = self.feature_extractor.sampling_rate
+        windows, token_counts = [], []
+        for clip in clips:
+            clip = _to_mono_float32(clip)
+            if sampling_rate != target_rate:
+                if soxr is None:
+                    raise ImportError(f"Resampling {sampling_rate} Hz audio needs the soxr package: pip install soxr")
+                clip = soxr.resample(clip, int(sampling_rate), target_rate).astype(np.float32)
+            clip_windows = self._window_features(clip)
+            windows.extend(clip_windows)
+            token_counts.append(sum(get_num_audio_tokens(w.shape[-1], self.pooling_kernel_size) for w in clip_windows))
+        max_frames = max(w.shape[-1] for w in windows)
+        input_features = np.zeros((len(windows), windows[0].shape[0], max_frames), dtype=np.float32)
+        feature_attention_mask = np.zeros((len(windows), max_frames), dtype=np.int64)
+        for index, window in enumerate(windows):
+            input_features[index, :, : window.shape[-1]] = window
+            feature_attention_mask[index, : window.shape[-1]] = 1
+        return torch.from_numpy(input_features), torch.from_numpy(feature_attention_mask), token_counts
+
+    def __call__(self, text=None, audio=None, sampling_rate=None, text_target=None, **kwargs) -> BatchFeature:
+        """Tokenise prompts (one audio placeholder per clip) and extract features.
+
+        Args:
+            text (`str` or `list[str]`): Prompts; with audio, each holds the audio token exactly once.
+            audio (array or list of arrays, *optional*): One clip per prompt, `(samples,)` or `(channels, samples)`
+                (or `(samples, channels)`), int16/int32/float, any sampling rate.
+            sampling_rate (`int`): Rate of `audio`; resampled to the feature extractor's.
+            text_target (`str` or `list[str]`, *optional*): Targets for training: appended to each prompt with the
+                EOS token, and returned as `labels` (-100 on the prompt, the audio and the padding).
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq_len)`, and with audio `input_features`
+            `(windows, num_mel_bins, frames)`, `feature_attention_mask` `(windows, frames)`, and `labels`.
+        """
+        if text is None:
+            raise ValueError("text is required: a prompt holding the audio token where the audio goes.")
+        texts = [text] if isinstance(text, str) else list(text)
+        data = {}
+        if audio is not None:
+            if isinstance(audio, (list, tuple)) and len(audio) == 0:
+                raise ValueError("audio is an empty list.")
+            input_features, feature_attention_mask, token_counts = self._prepare_audio(audio, sampling_rate)
+            if len(token_counts) != len(texts):
+                raise ValueError(f"Got {len(token_counts)} audio clips for {len(texts)} prompts; give one per prompt.")
+            expanded = []
+            for prompt, count in zip(texts, token_counts):
+                if prompt.count(self.audio_token) != 1:
+                    raise ValueError(
+                        f"Each prompt must contain the audio token {self.audio_token!r} exactly once where its audio "
+                        f"goes; got {prompt.count(self.audio_token)} in {prompt!r}."
+                    )
+                expanded.append(prompt.replace(self.audio_token, self.audio_token * count))
+            texts = expanded
+            data.update(input_features=input_features, feature_attention_mask=feature_attention_mask)
+        elif any(self.audio_token in prompt for prompt in texts):
+            raise ValueError(f"The text contains the audio token {self.audio_token!r} but no audio was given.")
+
+        prompt_ids = self.tokenizer(texts, **kwargs)["input_ids"]
+        if text_target is None:
+            sequences, labels = prompt_ids, None
+        else:
+            targets = [text_target] if isinstance(text_target, str) else list(text_target)
+            if len(targets) != len(texts):
+                raise ValueError(f"Got {len(targets)} targets for {len(texts)} prompts.")
+            target_ids = self.tokenizer(targets, add_special_tokens=False)["input_ids"]
+            eos = [self.tokenizer.eos_token_id]
+            sequences = [p + t + eos for p, t in zip(prompt_ids, target_ids)]
+            labels = [[-100] * len(p) + t + eos for p, t in zip(prompt_ids, target_ids)]
+        data.update(self._pad(sequences, labels))
+        return BatchFeature(data=data, tensor_type="pt")
+
+    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None) -> dict:
+        """Right-pad to the longest sequence."""
+        length = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        padded = {
+            "input_ids": [s + [pad_id] * (length - len(s)) for s in sequences],
+            "attention_mask": [[1] * len(s) + [0] * (length - len(s)) for s in sequences],
+        }
+        if labels is not None:
+            padded["labels"] = [s + [-100] * (length - len(s)) for s in labels]
+        return padded
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render a conversation with the LLM's chat template; `{"type": "audio"}` parts of a message become the
+        audio token. Returns the prompt string to pass as `text` (tokenise it with `__call__`)."""
+        messages = []
+        for message in conversation:
+            content = message["content"]
+            if not isinstance(content, str):
+                content = "".join(
+                    self.audio_token if part["type"] == "audio" else part["text"] for part in content
+                )
+            messages.append({**message, "content": content})
+        template = kwargs.pop("chat_template", None) or self.chat_template or self.tokenizer.chat_template
+        if template is None:
+            raise ValueError("Neither the processor nor the tokenizer has a chat template; write the prompt as text.")
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+        )
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+SteerMoEProcessor.register_for_auto_class()
+
+__all__ = ["SteerMoEProcessor", "load_audio"]
