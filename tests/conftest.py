@@ -50,18 +50,10 @@ def model(make_model):
     return make_model()
 
 
-def speechlike(seconds: float, sampling_rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """A deterministic noisy harmonic signal, float32 mono."""
+def speechlike(seconds: float, sampling_rate: int = 16000, seed: int = 0, noise: float = 0.01) -> np.ndarray:
+    """A deterministic harmonic signal with some noise, float32 mono."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     tone = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((220.0, 440.0, 660.0), start=1))
-    return (0.3 * tone * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return (0.3 * tone * (1 + np.sin(2 * np.pi * 3 * t)) + noise * rng.standard_normal(t.size)).astype(np.float32)
 
-
-@pytest.fixture
-def shared_pair():
-    """The real pretrained Whisper tiny.en encoder + stories260K LM from ../shared/models, when present."""
-    audio_dir, text_dir = SHARED / "models" / "whisper-tiny.en-encoder", SHARED / "models" / "stories260K"
-    if not (audio_dir.is_dir() and text_dir.is_dir()):
-        pytest.skip(f"real backbones not found under {SHARED / 'models'} (only on developer machines and CI)")
-    return audio_dir, text_dir
