@@ -4,6 +4,7 @@ decoder-only LLM."""
 
 import copy
 import json
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
@@ -11,6 +12,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import cached_file, logging
 
@@ -70,13 +72,13 @@ class SteerMoEAligner(nn.Module):
         rows = slice(layer_idx * self.num_experts, (layer_idx + 1) * self.num_experts)
         return nn.functional.linear(hidden_states, self.router.weight[rows], self.router.bias[rows])
 
-    def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+    def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`h + layer_scales[l] * sum_k softmax(router_l(h))_k * steering_vectors[l, k]` for `h` of shape
-        `(batch, frames, audio_hidden_size)`, computed in the aligner's dtype and returned in `h`'s."""
-        states = hidden_states.to(self.router.weight.dtype)
-        gates = self.router_logits(states, layer_idx).softmax(dim=-1)
-        steering = gates @ self.steering_vectors[layer_idx]
-        return hidden_states + (self.layer_scales[layer_idx] * steering).to(hidden_states.dtype)
+        `(batch, frames, audio_hidden_size)`, computed in the aligner's dtype and returned in `h`'s; also returns
+        the router logits `(batch, frames, num_experts)`."""
+        logits = self.router_logits(hidden_states.to(self.router.weight.dtype), layer_idx)
+        steering = logits.softmax(dim=-1) @ self.steering_vectors[layer_idx]
+        return hidden_states + (self.layer_scales[layer_idx] * steering).to(hidden_states.dtype), logits
 
     def pool(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked temporal pooling with kernel = stride; a partial last window is kept.
@@ -106,6 +108,14 @@ class SteerMoEAligner(nn.Module):
     def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(..., audio_hidden_size)` -> `(..., text_hidden_size)` in the aligner's dtype."""
         return self.projector(hidden_states.to(self.router.weight.dtype))
+
+
+@dataclass
+class SteerMoECausalLMOutputWithPast(CausalLMOutputWithPast):
+    """The LLM's output plus, when asked for, each steered layer's router logits over the real audio frames,
+    a tuple of `num_layers` tensors `(frames, num_experts)`."""
+
+    router_logits: tuple[torch.Tensor, ...] | None = None
 
 
 class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -138,6 +148,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.aligner.to(self.audio_encoder.conv1.weight.device)
         self.freeze_backbones()
         self.generation_config = copy.deepcopy(self.language_model.generation_config)
+        self.gradient_checkpointing = False
+        self._keys_to_ignore_on_save = {key for key in self.state_dict() if not key.startswith(ADAPTER_PREFIXES)}
 
     @staticmethod
     def _build_audio_encoder(config, backbone_kwargs):
@@ -208,14 +220,23 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         report["total"] = {key: sum(row[key] for row in report.values()) for key in ("trainable", "frozen")}
         return report
 
-    def _encode_audio(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None):
+    def _steered_layer(self, hidden_states, attention_mask, layer_idx: int):
+        return self.aligner.steer(self.audio_encoder.layers[layer_idx](hidden_states, attention_mask), layer_idx)
+
+    def _encode_audio(
+        self,
+        input_features: torch.Tensor,
+        feature_attention_mask: torch.Tensor | None,
+        output_router_logits: bool = False,
+    ):
         """Steered encoder pass.
 
         Args:
             input_features: `(windows, num_mel_bins, frames)` log-mel features, each window at most 30 s.
             feature_attention_mask: `(windows, frames)`, 1 on real frames; `None` means all frames are real.
         Returns:
-            audio embeddings `(windows, tokens, text_hidden_size)` and their bool mask `(windows, tokens)`.
+            audio embeddings `(windows, tokens, text_hidden_size)`, their bool mask `(windows, tokens)`, and with
+            `output_router_logits` a tuple of each layer's router logits on the real frames, `(frames, experts)`.
         """
         encoder = self.audio_encoder
         num_frames = input_features.shape[-1]
@@ -239,14 +260,21 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         attention_mask = create_bidirectional_mask(
             config=encoder.config, inputs_embeds=hidden_states, attention_mask=frame_mask
         )
-        for layer_idx, layer in enumerate(encoder.layers):
-            hidden_states = layer(hidden_states, attention_mask)
-            hidden_states = self.aligner.steer(hidden_states, layer_idx)
+        router_logits = []
+        for layer_idx in range(len(encoder.layers)):
+            if self.gradient_checkpointing and self.training:
+                hidden_states, logits = self._gradient_checkpointing_func(
+                    self._steered_layer, hidden_states, attention_mask, layer_idx
+                )
+            else:
+                hidden_states, logits = self._steered_layer(hidden_states, attention_mask, layer_idx)
+            if output_router_logits:
+                router_logits.append(logits[frame_mask])
 
         hidden_states, token_mask = self.aligner.pool(hidden_states, frame_mask)
         hidden_states = encoder.layer_norm(hidden_states)
         audio_embeds = self.aligner.project(hidden_states).masked_fill(~token_mask[..., None], 0.0)
-        return audio_embeds, token_mask
+        return audio_embeds, token_mask, tuple(router_logits) if output_router_logits else None
 
     def get_audio_features(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
@@ -263,10 +291,15 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
         return input_ids == self.config.audio_token_id
 
-    def _merge_audio_into_embeddings(self, input_ids, input_features, feature_attention_mask):
-        """Text embeddings with the audio placeholders replaced, in order, by the audio frames of all windows."""
+    def _merge_audio_into_embeddings(
+        self, input_ids, input_features, feature_attention_mask, output_router_logits: bool = False
+    ):
+        """Text embeddings with the audio placeholders replaced, in order, by the audio frames of all windows
+        (and the router logits when asked for)."""
         placeholder_mask = self.get_placeholder_mask(input_ids)
-        audio_embeds, token_mask = self._encode_audio(input_features, feature_attention_mask)
+        audio_embeds, token_mask, router_logits = self._encode_audio(
+            input_features, feature_attention_mask, output_router_logits
+        )
         audio_embeds = audio_embeds[token_mask]
         num_placeholders = int(placeholder_mask.sum())
         if num_placeholders != audio_embeds.shape[0]:
@@ -278,7 +311,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         embed_tokens = self.get_input_embeddings()
         inputs_embeds = embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
         audio_embeds = audio_embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(placeholder_mask[..., None].to(inputs_embeds.device), audio_embeds)
+        mask = placeholder_mask[..., None].to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, audio_embeds), router_logits
 
     def forward(
         self,
@@ -288,6 +322,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         feature_attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        output_router_logits: bool = False,
         **kwargs,
     ):
         r"""
@@ -299,15 +334,20 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 features; the windows of all clips in batch order. Without them this is the plain LLM.
             feature_attention_mask (`torch.Tensor` of shape `(windows, frames)`, *optional*): 1 on real frames.
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): Target ids, -100 where no loss.
+            output_router_logits (`bool`, *optional*): Also return each layer's router logits on the audio frames.
         Returns:
-            The LLM's `CausalLMOutputWithPast` (loss is the LLM's shifted cross-entropy over `labels`).
+            [`SteerMoECausalLMOutputWithPast`]: the LLM's output (loss is its shifted cross-entropy over `labels`).
         """
+        router_logits = None
         if input_features is not None and inputs_embeds is None:
-            inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            inputs_embeds, router_logits = self._merge_audio_into_embeddings(
+                input_ids, input_features, feature_attention_mask, output_router_logits
+            )
             input_ids = None
-        return self.language_model(
+        outputs = self.language_model(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
         )
+        return SteerMoECausalLMOutputWithPast(**outputs, router_logits=router_logits)
 
     @torch.no_grad()
     def generate(
@@ -330,7 +370,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if input_features is not None:
-            inputs["inputs_embeds"] = self._merge_audio_into_embeddings(
+            inputs["inputs_embeds"], _ = self._merge_audio_into_embeddings(
                 input_ids, input_features, feature_attention_mask
             )
         return self.language_model.generate(**inputs, generation_config=generation_config, **kwargs)

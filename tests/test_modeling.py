@@ -36,7 +36,9 @@ def test_steering_matches_direct_formula(model):
         expected = hidden + aligner.layer_scales[layer] * torch.einsum(
             "btk,kd->btd", gates, aligner.steering_vectors[layer]
         )
-        torch.testing.assert_close(aligner.steer(hidden, layer), expected)
+        steered, router_logits = aligner.steer(hidden, layer)
+        torch.testing.assert_close(steered, expected)
+        torch.testing.assert_close(router_logits, logits)
 
 
 def test_router_computes_only_its_layer_slice(model):
@@ -103,6 +105,32 @@ def test_gradients_reach_every_aligner_parameter_and_no_backbone_parameter(model
             assert param.grad is not None and param.grad.abs().sum() > 0, name
         else:
             assert not param.requires_grad and param.grad is None, name
+
+
+def test_gradient_checkpointing_keeps_the_steering_gradients(make_model, processor):
+    inputs = asr_inputs(processor, durations=(1.0, 2.0), targets=["the quick fox", "brown dog"])
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.gradient_checkpointing and model._gradient_checkpointing_func is not None
+        model.train()
+        model(**inputs).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+    assert grads[1]["aligner.steering_vectors"].abs().sum() > 0
+
+
+def test_router_logits_cover_every_layer_and_real_frame(model, processor):
+    inputs = asr_inputs(processor, durations=(1.0, 2.0))
+    output = model(**inputs, output_router_logits=True)
+    real_frames = int(((inputs["feature_attention_mask"].sum(-1) - 1) // 2 + 1).sum())
+    assert len(output.router_logits) == model.aligner.num_layers
+    assert all(logits.shape == (real_frames, model.config.num_experts) for logits in output.router_logits)
+    assert model(**inputs).router_logits is None
 
 
 def test_frozen_backbones_stay_in_eval_mode(model):
