@@ -134,6 +134,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _keep_in_fp32_modules_strict = ["aligner"]
+    accepts_loss_kwargs = False
 
     def __init__(self, config, **backbone_kwargs):
         super().__init__(config)

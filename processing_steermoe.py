@@ -68,6 +68,18 @@ def _to_mono_float32(audio) -> np.ndarray:
     return audio
 
 
+def _check_sampling_rate(sampling_rate):
+    if sampling_rate is None:
+        raise ValueError("sampling_rate is required with audio (the rate the samples were recorded at, e.g. 16000).")
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer, float)):
+        raise ValueError(f"sampling_rate must be a number of samples per second, got {sampling_rate!r}.")
+    if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE or int(sampling_rate) != sampling_rate:
+        raise ValueError(
+            f"sampling_rate={sampling_rate} is not a plausible audio rate "
+            f"(an integer in [{MIN_SAMPLING_RATE}, {MAX_SAMPLING_RATE}] Hz)."
+        )
+
+
 class SteerMoEProcessor(ProcessorMixin):
     r"""
     Builds SteerMoE inputs: log-mel features of each clip (split into 30 s windows, never cut) and the prompt with its
@@ -127,26 +139,19 @@ class SteerMoEProcessor(ProcessorMixin):
 
     def _prepare_audio(self, audio, sampling_rate):
         """Returns the batch's features, their frame mask and each clip's number of audio tokens."""
-        if sampling_rate is None:
-            raise ValueError(
-                "sampling_rate is required with audio (the rate the samples were recorded at, e.g. 16000)."
-            )
-        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer, float)):
-            raise ValueError(f"sampling_rate must be a number of samples per second, got {sampling_rate!r}.")
-        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE or int(sampling_rate) != sampling_rate:
-            raise ValueError(
-                f"sampling_rate={sampling_rate} is not a plausible audio rate "
-                f"(an integer in [{MIN_SAMPLING_RATE}, {MAX_SAMPLING_RATE}] Hz)."
-            )
         clips = audio if isinstance(audio, (list, tuple)) else [audio]
+        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * len(clips)
+        if len(rates) != len(clips):
+            raise ValueError(f"Got {len(rates)} sampling rates for {len(clips)} audio clips.")
         target_rate = self.feature_extractor.sampling_rate
         windows, token_counts = [], []
-        for clip in clips:
+        for clip, rate in zip(clips, rates):
+            _check_sampling_rate(rate)
             clip = _to_mono_float32(clip)
-            if sampling_rate != target_rate:
+            if rate != target_rate:
                 if soxr is None:
-                    raise ImportError(f"Resampling {sampling_rate} Hz audio needs the soxr package: pip install soxr")
-                clip = soxr.resample(clip, int(sampling_rate), target_rate).astype(np.float32)
+                    raise ImportError(f"Resampling {rate} Hz audio needs the soxr package: pip install soxr")
+                clip = soxr.resample(clip, int(rate), target_rate).astype(np.float32)
             clip_windows = self._window_features(clip)
             windows.extend(clip_windows)
             token_counts.append(sum(get_num_audio_tokens(w.shape[-1], self.pooling_kernel_size) for w in clip_windows))
@@ -165,7 +170,8 @@ class SteerMoEProcessor(ProcessorMixin):
             text (`str` or `list[str]`): Prompts; with audio, each holds the audio token exactly once.
             audio (array or list of arrays, *optional*): One clip per prompt, `(samples,)` or `(channels, samples)`
                 (or `(samples, channels)`), int16/int32/float, any sampling rate.
-            sampling_rate (`int`): Rate of `audio`; resampled to the feature extractor's.
+            sampling_rate (`int` or `list[int]`): Rate of `audio` (or one per clip); resampled to the feature
+                extractor's.
             text_target (`str` or `list[str]`, *optional*): Targets for training: appended to each prompt with the
                 EOS token, and returned as `labels` (-100 on the prompt, the audio and the padding).
         Returns:
@@ -220,6 +226,14 @@ class SteerMoEProcessor(ProcessorMixin):
         if labels is not None:
             padded["labels"] = [s + [-100] * (length - len(s)) for s in labels]
         return padded
+
+    def build_prompt(self, instruction: str, use_chat_template: bool = True) -> str:
+        """A user turn holding the audio then `instruction`, in the chat template when there is one (and
+        `use_chat_template`), else the plain `audio token + instruction`."""
+        if use_chat_template and (self.chat_template or self.tokenizer.chat_template):
+            conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
+            return self.apply_chat_template(conversation)
+        return f"{self.audio_token}{instruction}"
 
     def apply_chat_template(self, conversation, add_generation_prompt: bool = True, **kwargs) -> str:
         """Render a conversation with the LLM's chat template; `{"type": "audio"}` parts of a message become the

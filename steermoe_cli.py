@@ -26,14 +26,6 @@ DEFAULT_TEXT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_PROMPT = "Transcribe the audio."
 
 
-def build_prompt(processor: SteerMoEProcessor, prompt: str) -> str:
-    """The user turn `[audio] prompt` in the LLM's chat template, or `audio token + prompt` without one."""
-    if processor.chat_template or processor.tokenizer.chat_template:
-        conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": prompt}]}]
-        return processor.apply_chat_template(conversation)
-    return f"{processor.audio_token}{prompt}"
-
-
 def load_model_and_processor(args):
     dtype = getattr(torch, args.dtype)
     if args.adapter:
@@ -68,7 +60,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
     model, processor = load_model_and_processor(args)
-    prompt = build_prompt(processor, args.prompt)
+    prompt = processor.build_prompt(args.prompt)
     failed = 0
     for path in args.audio:
         try:
