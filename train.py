@@ -1,0 +1,530 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""Train and/or evaluate a SteerMoE aligner with the `Trainer` (Accelerate underneath).
+
+    python train.py configs/demo.yaml [--any_argument value ...]        # a YAML recipe, overridden from the CLI
+    accelerate launch --num_processes 8 train.py configs/librispeech.yaml
+
+Arguments are transformers' own `Seq2SeqTrainingArguments` plus the `ModelArguments` and `DataArguments` below.
+`--do_train` / `--do_eval` choose train, evaluate-only (with `--adapter`) or both.
+"""
+
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from datasets import Audio, IterableDataset, load_dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoFeatureExtractor,
+    AutoTokenizer,
+    HfArgumentParser,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
+
+
+try:
+    from .configuration_steermoe import SteerMoEConfig
+    from .modeling_steermoe import SteerMoEForConditionalGeneration
+    from .processing_steermoe import SteerMoEProcessor, load_audio
+except ImportError:
+    from configuration_steermoe import SteerMoEConfig
+    from modeling_steermoe import SteerMoEForConditionalGeneration
+    from processing_steermoe import SteerMoEProcessor, load_audio
+
+try:
+    import soundfile
+except ImportError:
+    soundfile = None
+
+
+logger = logging.getLogger("steermoe.train")
+
+METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "asr_error_rate")
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+STEERING_PARAMETERS = ("aligner.steering_vectors", "aligner.layer_scales")
+
+
+@dataclass
+class ModelArguments:
+    audio_model_id: str = field(default="openai/whisper-tiny.en", metadata={"help": "Audio encoder id or folder."})
+    text_model_id: str = field(default="Qwen/Qwen2.5-0.5B-Instruct", metadata={"help": "LLM id or folder."})
+    audio_model_revision: str | None = field(default=None)
+    text_model_revision: str | None = field(default=None)
+    adapter: str | None = field(
+        default=None, metadata={"help": "A saved SteerMoE adapter (folder or Hub id) to evaluate or continue from."}
+    )
+    num_experts: int = field(default=8)
+    steering_scale: float = field(default=0.1)
+    pooling_type: str = field(default="max", metadata={"help": "max, avg or none."})
+    pooling_kernel_size: int = field(default=4)
+    projector_type: str = field(default="linear", metadata={"help": "linear or mlp."})
+    backbone_dtype: str = field(
+        default="auto", metadata={"help": "dtype of the frozen backbones: auto, float32, bfloat16 or float16."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset, or a builder (csv, json, parquet, audiofolder) for local files."},
+    )
+    dataset_config: str | None = field(default=None)
+    train_split: str = field(default="train")
+    eval_split: str = field(default="test")
+    train_files: list[str] | None = field(default=None, metadata={"help": "Local manifests (CSV/JSONL/Parquet)."})
+    eval_files: list[str] | None = field(default=None)
+    data_dir: str | None = field(default=None, metadata={"help": "An audiofolder with a metadata file."})
+    streaming: bool = field(default=False)
+    audio_column: str = field(default="audio", metadata={"help": "Audio (a datasets Audio column or file paths)."})
+    text_column: str = field(default="text", metadata={"help": "Target text (transcript, or answer for qa)."})
+    question_column: str | None = field(default=None, metadata={"help": "Question column for task=qa."})
+    task: str = field(default="asr", metadata={"help": "asr (transcribe with --prompt) or qa (answer the question)."})
+    prompt: str = field(default="Transcribe the audio.")
+    language: str = field(default="en", metadata={"help": "Normalisation for WER/CER: en, zh or other."})
+    use_chat_template: bool = field(default=True)
+    min_audio_seconds: float = field(default=0.1)
+    max_audio_seconds: float = field(default=120.0)
+    max_target_tokens: int = field(default=256)
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+
+
+@dataclass
+class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
+    steering_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the steering vectors and layer scales."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the router and projector."})
+    router_balance_loss_coef: float = field(default=0.0, metadata={"help": "Router load-balancing loss weight."})
+    generation_max_new_tokens: int = field(default=128)
+    remove_unused_columns: bool = field(default=False)
+    ddp_find_unused_parameters: bool = field(default=False)
+    train_sampling_strategy: str = field(default="group_by_length")
+    length_column_name: str = field(default="duration")
+
+
+def parse_args(argv: list[str] | None = None):
+    """`[recipe.yaml] [--key value ...]`: the recipe's keys become arguments, the command line overrides them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        recipe = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
+        argv = _recipe_to_argv(recipe) + argv
+    parser = HfArgumentParser((ModelArguments, DataArguments, SteerMoETrainingArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _recipe_to_argv(recipe: dict) -> list[str]:
+    argv = []
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """Decode a dataset audio value: `{"bytes", "path"}` (an undecoded `Audio` column) or a file path."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return load_audio(value["bytes"])
+        value = value.get("path")
+    if not value:
+        raise ValueError("no audio")
+    path = Path(value)
+    if base_dir and not path.is_absolute():
+        path = Path(base_dir) / path
+    return load_audio(str(path))
+
+
+def audio_seconds(value, base_dir: str | None = None) -> float:
+    """Duration from the file header (cheap; raises if the file is missing or undecodable)."""
+    if isinstance(value, dict) and value.get("bytes"):
+        info = soundfile.info(io.BytesIO(value["bytes"]))
+    else:
+        path = Path(value["path"] if isinstance(value, dict) else value)
+        info = soundfile.info(str(Path(base_dir) / path if base_dir and not path.is_absolute() else path))
+    if info.frames <= 0:
+        raise ValueError("empty audio")
+    return info.frames / info.samplerate
+
+
+def load_split(data_args: DataArguments, split: str, files: list[str] | None):
+    """One split as a `datasets` dataset with an undecoded audio column, plus the base folder of relative paths."""
+    base_dir = None
+    if files:
+        builder = data_args.dataset_name or FILE_BUILDERS.get(Path(files[0]).suffix.lower())
+        if builder is None:
+            raise ValueError(f"Cannot tell the format of {files[0]}; set --dataset_name csv, json or parquet.")
+        kwargs = {"delimiter": "\t"} if Path(files[0]).suffix.lower() == ".tsv" else {}
+        dataset = load_dataset(builder, data_files=files, split="train", streaming=data_args.streaming, **kwargs)
+        base_dir = str(Path(files[0]).resolve().parent)
+    elif data_args.data_dir:
+        dataset = load_dataset("audiofolder", data_dir=data_args.data_dir, split=split, streaming=data_args.streaming)
+    elif data_args.dataset_name:
+        dataset = load_dataset(
+            data_args.dataset_name, data_args.dataset_config, split=split, streaming=data_args.streaming
+        )
+    else:
+        raise ValueError("Give --dataset_name, --train_files/--eval_files or --data_dir.")
+    features = dataset.features or {}
+    if isinstance(features.get(data_args.audio_column), Audio):
+        dataset = dataset.cast_column(data_args.audio_column, Audio(decode=False))
+    return dataset, base_dir
+
+
+def filter_split(dataset, data_args: DataArguments, tokenizer, base_dir, max_samples: int | None, name: str):
+    """Drop too short/long audio, too long targets and unreadable files; returns the dataset and the counts."""
+    if max_samples is not None:
+        dataset = dataset.take(max_samples) if isinstance(dataset, IterableDataset) else dataset.select(
+            range(min(max_samples, len(dataset)))
+        )
+
+    def probe(example):
+        try:
+            duration = audio_seconds(example[data_args.audio_column], base_dir)
+        except Exception:  # noqa: BLE001 - any decoding failure means the example is skipped and counted
+            return {"duration": 0.0, "skip_reason": "undecodable"}
+        target = example[data_args.text_column] or ""
+        if duration < data_args.min_audio_seconds:
+            reason = "too_short_audio"
+        elif duration > data_args.max_audio_seconds:
+            reason = "too_long_audio"
+        elif not target.strip():
+            reason = "empty_target"
+        elif len(tokenizer(target, add_special_tokens=False)["input_ids"]) > data_args.max_target_tokens:
+            reason = "too_long_target"
+        else:
+            reason = ""
+        return {"duration": duration, "skip_reason": reason}
+
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(probe).filter(lambda example: not example["skip_reason"]), {}
+    dataset = dataset.map(probe, desc=f"Probing {name} audio")
+    counts = Counter(dataset["skip_reason"])
+    kept = counts.pop("", 0)
+    for reason, count in sorted(counts.items()):
+        logger.warning("%s: skipped %d examples: %s", name, count, reason)
+    logger.info("%s: kept %d of %d examples", name, kept, kept + sum(counts.values()))
+    dataset = dataset.filter(lambda reason: not reason, input_columns="skip_reason", desc=f"Filtering {name}")
+    return dataset, {"kept": kept, **counts}
+
+
+@dataclass
+class SteerMoEDataCollator:
+    """Decodes audio, builds prompts and runs the processor per batch (dynamic padding, features on the fly).
+
+    With `with_targets`, prompts are followed by the target and `labels` mark it; otherwise the batch is
+    prompt-only and carries the `references`. Examples that fail to decode are dropped and counted in `skipped`.
+    """
+
+    processor: SteerMoEProcessor
+    data_args: DataArguments
+    base_dir: str | None = None
+    with_targets: bool = True
+    skipped: Counter = field(default_factory=Counter)
+
+    def prompt_for(self, example) -> str:
+        args = self.data_args
+        instruction = example[args.question_column] if args.task == "qa" else args.prompt
+        return self.processor.build_prompt(instruction, use_chat_template=args.use_chat_template)
+
+    def __call__(self, examples):
+        clips, rates, prompts, targets = [], [], [], []
+        for example in examples:
+            try:
+                samples, rate = read_audio(example[self.data_args.audio_column], self.base_dir)
+            except Exception:  # noqa: BLE001 - count and skip, never crash a long run
+                self.skipped["undecodable"] += 1
+                continue
+            clips.append(samples)
+            rates.append(rate)
+            prompts.append(self.prompt_for(example))
+            targets.append(example[self.data_args.text_column])
+        if not clips:
+            raise RuntimeError("Every example of a batch failed to decode; check the dataset's audio column.")
+        batch = self.processor(
+            text=prompts, audio=clips, sampling_rate=rates, text_target=targets if self.with_targets else None
+        )
+        if not self.with_targets:
+            batch["references"] = targets
+        return batch
+
+
+class GracefulStopCallback(TrainerCallback):
+    """On SIGTERM or a first Ctrl-C, finish the current step, save a checkpoint and stop (on every rank)."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._request)
+
+    def _request(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logger.warning("Signal %d: saving a checkpoint after this step, then stopping.", signum)
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        requested = torch.tensor(float(self.requested))
+        if dist.is_available() and dist.is_initialized():
+            requested = requested.to(args.device)
+            dist.all_reduce(requested, op=dist.ReduceOp.MAX)
+        if requested.item() > 0:
+            self.requested = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class SteerMoETrainer(Trainer):
+    """`Trainer` with the aligner's two learning rates, an optional router load-balancing loss, steering
+    diagnostics in the logs, and evaluation by generation scored with WER/CER."""
+
+    def __init__(self, *args, eval_collator=None, language="en", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+        self.language = language
+        self.metric = evaluate.load(METRIC_PATH)
+        self._usage = None
+        self._usage_total = None
+        self._aux_loss = []
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            steering, rest = [], []
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    (steering if name.startswith(STEERING_PARAMETERS) else rest).append(param)
+            groups = [
+                {"params": steering, "lr": self.args.steering_learning_rate, "weight_decay": 0.0},
+                {"params": rest, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay},
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, output_router_logits=True)
+        loss = outputs.loss
+        if outputs.router_logits:
+            probs = torch.stack([logits.float().softmax(-1) for logits in outputs.router_logits])
+            usage = probs.mean(dim=1).detach()
+            self._usage = usage if self._usage is None else self._usage + usage
+            self._usage_total = usage if self._usage_total is None else self._usage_total + usage
+            if self.args.router_balance_loss_coef > 0:
+                aux_loss = router_balance_loss(probs)
+                self._aux_loss.append(aux_loss.detach())
+                loss = loss + self.args.router_balance_loss_coef * aux_loss
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self.steering_diagnostics())
+        super().log(logs, start_time)
+
+    def steering_diagnostics(self) -> dict:
+        """Per-layer scale, expert-usage entropy (nats; log E is uniform) and most-used expert since the last log."""
+        aligner = self.accelerator.unwrap_model(self.model).aligner
+        logs = {f"steer/scale_l{i}": float(s) for i, s in enumerate(aligner.layer_scales.detach().cpu())}
+        if self._usage is not None:
+            usage = self._usage / self._usage.sum(-1, keepdim=True)
+            entropy = -(usage * usage.clamp_min(1e-12).log()).sum(-1)
+            for layer, (value, top) in enumerate(zip(entropy.tolist(), usage.argmax(-1).tolist())):
+                logs[f"steer/usage_entropy_l{layer}"] = round(value, 4)
+                logs[f"steer/top_expert_l{layer}"] = top
+            self._usage = None
+        if self._aux_loss:
+            logs["router_balance_loss"] = round(float(torch.stack(self._aux_loss).mean()), 4)
+            self._aux_loss = []
+        return logs
+
+    def save_expert_usage_plot(self, path: Path) -> Path | None:
+        """A heatmap of each layer's share of routing mass per expert over the whole run."""
+        if self._usage_total is None or not self.is_world_process_zero():
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        usage = (self._usage_total / self._usage_total.sum(-1, keepdim=True)).cpu().numpy()
+        figure, axis = plt.subplots(figsize=(1 + 0.5 * usage.shape[1], 1 + 0.35 * usage.shape[0]))
+        image = axis.imshow(usage, aspect="auto", cmap="viridis")
+        axis.set_xlabel("expert")
+        axis.set_ylabel("encoder layer")
+        axis.set_title("Expert usage per layer (share of routing mass)")
+        figure.colorbar(image, ax=axis)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Generate for every eval example (sharded over processes), then score WER/CER on all of them."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        loader = DataLoader(
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            collate_fn=self.eval_collator,
+            num_workers=self.args.dataloader_num_workers,
+        )
+        loader = self.accelerator.prepare(loader)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        predictions, references = [], []
+        start = time.time()
+        for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
+            refs = batch.pop("references")
+            prompt_length = batch["input_ids"].shape[1]
+            output = model.generate(**batch, max_new_tokens=self.args.generation_max_new_tokens, do_sample=False)
+            texts = self.processing_class.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            predictions += [text.strip() for text in texts]
+            references += refs
+        predictions = self.accelerator.gather_for_metrics(predictions, use_gather_object=True)
+        references = self.accelerator.gather_for_metrics(references, use_gather_object=True)
+        model.train(was_training)
+        scores = self.metric.compute(predictions=predictions, references=references, language=self.language)
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
+        self.last_predictions = list(zip(references, predictions))
+        self.log(metrics)
+        return metrics
+
+
+def router_balance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Switch-style load balancing, averaged over layers: `E * sum_k f_k * P_k` with `f_k` the share of frames whose
+    top expert is `k` and `P_k` the mean routing probability; 1 when balanced. `probs`: `(layers, frames, E)`."""
+    experts = probs.shape[-1]
+    top_share = torch.nn.functional.one_hot(probs.argmax(-1), experts).float().mean(dim=1)
+    return experts * (top_share * probs.mean(dim=1)).sum(-1).mean()
+
+
+def build_model_and_processor(model_args: ModelArguments):
+    dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
+    if model_args.adapter:
+        model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
+        return model, SteerMoEProcessor.from_pretrained(model_args.adapter)
+    pooling_type = None if model_args.pooling_type in ("none", "") else model_args.pooling_type
+    config = SteerMoEConfig(
+        audio_model_id=model_args.audio_model_id,
+        audio_model_revision=model_args.audio_model_revision,
+        text_model_id=model_args.text_model_id,
+        text_model_revision=model_args.text_model_revision,
+        num_experts=model_args.num_experts,
+        steering_scale=model_args.steering_scale,
+        pooling_type=pooling_type,
+        pooling_kernel_size=model_args.pooling_kernel_size,
+        projector_type=model_args.projector_type,
+    )
+    processor = SteerMoEProcessor(
+        AutoFeatureExtractor.from_pretrained(model_args.audio_model_id, revision=model_args.audio_model_revision),
+        AutoTokenizer.from_pretrained(model_args.text_model_id, revision=model_args.text_model_revision),
+        pooling_kernel_size=config.audio_frames_per_token,
+    )
+    config.audio_token_id = processor.audio_token_id
+    return SteerMoEForConditionalGeneration(config, dtype=dtype), processor
+
+
+def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not (training_args.do_train or training_args.do_eval):
+        raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
+    set_seed(training_args.seed)
+    model, processor = build_model_and_processor(model_args)
+    report = {"parameters": model.get_parameter_report(), "data": {}}
+
+    train_dataset = eval_dataset = None
+    train_base = eval_base = None
+    with training_args.main_process_first(desc="dataset preparation"):
+        if training_args.do_train:
+            train_dataset, train_base = load_split(data_args, data_args.train_split, data_args.train_files)
+            train_dataset, report["data"]["train"] = filter_split(
+                train_dataset, data_args, processor.tokenizer, train_base, data_args.max_train_samples, "train"
+            )
+        if training_args.do_eval:
+            eval_dataset, eval_base = load_split(data_args, data_args.eval_split, data_args.eval_files)
+            eval_dataset, report["data"]["eval"] = filter_split(
+                eval_dataset, data_args, processor.tokenizer, eval_base, data_args.max_eval_samples, "eval"
+            )
+    if isinstance(train_dataset, IterableDataset) and training_args.train_sampling_strategy == "group_by_length":
+        training_args.train_sampling_strategy = "random"
+
+    train_collator = SteerMoEDataCollator(processor, data_args, train_base, with_targets=True)
+    eval_collator = SteerMoEDataCollator(processor, data_args, eval_base, with_targets=False)
+    stopper = GracefulStopCallback()
+    trainer = SteerMoETrainer(
+        model=model,
+        args=training_args,
+        data_collator=train_collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        eval_collator=eval_collator,
+        language=data_args.language,
+        callbacks=[stopper, *(callbacks or [])],
+    )
+    output_dir = Path(training_args.output_dir)
+    if training_args.do_train:
+        if training_args.do_eval and training_args.eval_on_start:
+            report["eval_before"] = trainer.evaluate(metric_key_prefix="eval_before")
+            trainer.args.eval_on_start = False
+        start = time.time()
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        report["train"] = {**result.metrics, "minutes": round((time.time() - start) / 60, 2)}
+        report["train"]["stopped_by_signal"] = stopper.requested
+        trainer.save_model()
+        trainer.save_state()
+        plot = trainer.save_expert_usage_plot(output_dir / "expert_usage.png")
+        report["expert_usage_plot"] = str(plot) if plot else None
+        if stopper.requested:
+            logger.warning("Stopped by a signal; resume with --resume_from_checkpoint true.")
+    if training_args.do_eval and not stopper.requested:
+        report["eval"] = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            with open(output_dir / "eval_predictions.jsonl", "w") as handle:
+                for reference, prediction in trainer.last_predictions:
+                    handle.write(json.dumps({"reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
+    report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
+    report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
+        summary = {k: v for k, v in report.items() if k in ("eval_before", "eval")}
+        logger.info("Results: %s", json.dumps(summary))
+    return report
+
+
+if __name__ == "__main__":
+    main()
