@@ -37,6 +37,7 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 
 try:
@@ -280,8 +281,15 @@ class GracefulStopCallback(TrainerCallback):
 
     def __init__(self):
         self.requested = False
+        self._previous_handlers = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._request)
+            self._previous_handlers[signum] = signal.signal(signum, self._request)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
 
     def _request(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
@@ -301,6 +309,23 @@ class GracefulStopCallback(TrainerCallback):
         return control
 
 
+class SeedableLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of similar length whose order depends only on `(seed, epoch)`, so a resumed run sees exactly the
+    batches an uninterrupted one would (the stock sampler draws from the global RNG)."""
+
+    def __init__(self, batch_size: int, lengths: list[float], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class SteerMoETrainer(Trainer):
     """`Trainer` with the aligner's two learning rates, an optional router load-balancing loss, steering
     diagnostics in the logs, and evaluation by generation scored with WER/CER."""
@@ -313,6 +338,15 @@ class SteerMoETrainer(Trainer):
         self._usage = None
         self._usage_total = None
         self._aux_loss = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        column = self.args.length_column_name
+        if self.args.train_sampling_strategy == "group_by_length" and column in getattr(dataset, "column_names", ()):
+            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return SeedableLengthGroupedSampler(batch_size, dataset[column], seed)
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

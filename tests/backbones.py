@@ -77,6 +77,7 @@ def qwen2_config(vocab_size: int, hidden_size: int = 32, tie: bool = True) -> Qw
         eos_token_id=2,
         pad_token_id=0,
         bos_token_id=None,
+        initializer_range=0.3,
     )
 
 

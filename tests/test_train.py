@@ -1,0 +1,213 @@
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import evaluate
+import pytest
+import soundfile
+import torch
+from conftest import ROOT, speechlike
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import train
+from modeling_steermoe import SteerMoEForConditionalGeneration
+
+WORDS = ["the quick fox", "a lazy dog", "my fellow americans", "the first great sorrow"]
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """A JSONL manifest of short synthetic clips (one per target, different sounds) at mixed rates and formats."""
+    rows = []
+    for index, text in enumerate(WORDS):
+        rate = (16000, 22050, 44100, 8000)[index]
+        suffix = (".wav", ".flac", ".ogg", ".wav")[index]
+        path = tmp_path / f"clip{index}{suffix}"
+        soundfile.write(path, speechlike(0.6 + 0.2 * index, sampling_rate=rate, seed=index, noise=0.2), rate)
+        rows.append({"audio": path.name, "text": text})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def run_args(backbone_dirs, manifest, output_dir, *extra):
+    audio_dir, text_dir = backbone_dirs
+    return [
+        "--audio_model_id", str(audio_dir), "--text_model_id", str(text_dir), "--backbone_dtype", "float32",
+        "--train_files", str(manifest), "--eval_files", str(manifest), "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--logging_steps", "1",
+        "--num_experts", "4", "--report_to", "none", "--seed", "0", "--generation_max_new_tokens", "4",
+        *extra,
+    ]  # fmt: skip
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_recipe_file_with_command_line_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "audio_model_id: a\ntext_model_id: b\noutput_dir: out\ntrain_files: [x.jsonl, y.jsonl]\n"
+        "max_steps: 10\nsteering_learning_rate: 0.02\neval_on_start: true\n"
+    )
+    model_args, data_args, training_args = train.parse_args([str(recipe), "--max_steps", "3", "--text_model_id", "c"])
+    assert (model_args.audio_model_id, model_args.text_model_id) == ("a", "c")
+    assert data_args.train_files == ["x.jsonl", "y.jsonl"]
+    assert training_args.max_steps == 3 and training_args.steering_learning_rate == 0.02
+    assert training_args.eval_on_start and not training_args.remove_unused_columns
+
+
+def test_training_reduces_the_loss_and_saves_the_aligner_only(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    report = train.main(
+        run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "30", "--learning_rate", "5e-2", "--steering_learning_rate", "5e-2",
+                 "--save_steps", "15", "--eval_on_start", "--do_eval")
+    )  # fmt: skip
+    curve = losses(out)
+    first, last = sum(curve[s] for s in (1, 2, 3)) / 3, sum(curve[s] for s in (28, 29, 30)) / 3
+    assert last < 0.8 * first, curve
+    model = SteerMoEForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    aligner_keys = set(model.aligner.state_dict(prefix="aligner.").keys())
+    for folder in (out, out / "checkpoint-30"):
+        with safe_open(folder / "model.safetensors", "pt") as reader:
+            assert set(reader.keys()) == aligner_keys
+        assert (folder / "processor_config.json").exists() and (folder / "modeling_steermoe.py").exists()
+    optimizer = torch.load(out / "checkpoint-30" / "optimizer.pt", weights_only=False)
+    saved_numel = sum(t.numel() for state in optimizer["state"].values() for t in state.values() if t.dim() > 0)
+    assert saved_numel == 2 * sum(p.numel() for p in model.aligner.parameters())
+    lrs = sorted(group["lr"] for group in optimizer["param_groups"])
+    assert len(lrs) == 2
+    assert report["eval"]["eval_num_samples"] == len(WORDS) and "eval_wer" in report["eval"]
+    assert "eval_before_wer" in report["eval_before"]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = next(entry for entry in history if "loss" in entry)
+    assert {"steer/scale_l0", "steer/usage_entropy_l1", "steer/top_expert_l0"} <= logged.keys()
+    assert (out / "expert_usage.png").stat().st_size > 0
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["reference"] for p in predictions) == sorted(WORDS)
+    results = json.loads((out / "results.json").read_text())
+    assert results["parameters"]["aligner"]["trainable"] == sum(p.numel() for p in model.aligner.parameters())
+
+
+def test_two_learning_rates(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    train.main(
+        run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "1", "--save_steps", "1",
+                 "--steering_learning_rate", "0.01", "--learning_rate", "0.0001", "--lr_scheduler_type", "constant")
+    )  # fmt: skip
+    optimizer = torch.load(out / "checkpoint-1" / "optimizer.pt", weights_only=False)
+    groups = {len(group["params"]): group["lr"] for group in optimizer["param_groups"]}
+    assert groups == {2: 0.01, 4: 0.0001}
+
+
+def test_resume_continues_exactly(backbone_dirs, manifest, tmp_path):
+    extra = ("--do_train", "--max_steps", "6", "--save_steps", "3", "--learning_rate", "3e-3")
+    straight = tmp_path / "straight"
+    train.main(run_args(backbone_dirs, manifest, straight, *extra))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    train.main(run_args(backbone_dirs, manifest, resumed, *extra, "--resume_from_checkpoint", str(resumed / "checkpoint-3")))
+    expected, got = losses(straight), losses(resumed)
+    assert [got[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]
+    final_straight = load_file(straight / "model.safetensors")
+    final_resumed = load_file(resumed / "model.safetensors")
+    assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
+
+
+def test_bad_files_are_skipped_and_counted(backbone_dirs, manifest, tmp_path):
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00not really a wave file" * 10)
+    soundfile.write(tmp_path / "empty.wav", speechlike(0.0), 16000)
+    soundfile.write(tmp_path / "long.wav", speechlike(3.0), 16000)
+    rows = manifest.read_text().splitlines() + [
+        json.dumps({"audio": "corrupt.wav", "text": "x"}),
+        json.dumps({"audio": "missing.wav", "text": "x"}),
+        json.dumps({"audio": "empty.wav", "text": "x"}),
+        json.dumps({"audio": "long.wav", "text": "x"}),
+        json.dumps({"audio": "clip0.wav", "text": ""}),
+    ]
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    report = train.main(
+        run_args(backbone_dirs, manifest, out, "--do_train", "--do_eval", "--max_steps", "2", "--max_audio_seconds", "2")
+    )
+    expected = {"kept": len(WORDS), "undecodable": 3, "too_long_audio": 1, "empty_target": 1}
+    assert report["data"]["train"] == expected and report["data"]["eval"] == expected
+    assert json.loads((out / "results.json").read_text())["data"]["train"] == expected
+
+
+def test_evaluate_only_on_a_saved_adapter(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "2"))
+    evaluation = tmp_path / "eval"
+    report = train.main(run_args(backbone_dirs, manifest, evaluation, "--do_eval", "--adapter", str(out)))
+    assert report["eval"]["eval_num_samples"] == len(WORDS)
+    assert (evaluation / "eval_predictions.jsonl").exists() and (evaluation / "results.json").exists()
+    assert not (evaluation / "model.safetensors").exists()
+
+
+def test_metric_matches_a_hand_check():
+    metric = evaluate.load(train.METRIC_PATH)
+    scores = metric.compute(
+        predictions=["The cat sat.", "hello   world"], references=["the cat sat on the mat", "Hello, world!"]
+    )
+    assert scores["wer"] == pytest.approx(3 / 8)
+    assert scores["cer"] == pytest.approx(11 / 33)
+    chinese = metric.compute(predictions=["广州市房地产中介协会"], references=["广州市房地产中介协会分析。"], language="zh")
+    assert chinese["cer"] == pytest.approx(2 / 12)
+
+
+def test_sigterm_leaves_a_usable_checkpoint(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "100000", "--save_steps", "100000")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    log = ""
+    while time.time() < deadline and "'loss'" not in log:
+        log += process.stdout.readline()
+    assert "'loss'" in log, log[-3000:]
+    process.send_signal(signal.SIGTERM)
+    log += process.communicate(timeout=120)[0]
+    assert process.returncode == 0, log[-3000:]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1, log[-3000:]
+    model = SteerMoEForConditionalGeneration.from_pretrained(checkpoints[0], dtype=torch.float32)
+    assert model.aligner.steering_vectors.abs().sum() > 0
+    assert json.loads((out / "results.json").read_text())["train"]["stopped_by_signal"] is True
+
+
+def test_two_process_accelerate_launch_on_cpu(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port)]  # fmt: skip
+    args = run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "4", "--learning_rate", "3e-3", "--use_cpu", "true")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*launcher, str(ROOT / "tests" / "ddp_worker.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks == [{"steps": 4, "world": 2}] * 2
+    saved = load_file(out / "model.safetensors")
+    rank0, rank1 = (load_file(out / f"rank{rank}-aligner.safetensors") for rank in (0, 1))
+    assert saved.keys() == rank0.keys()
+    assert all(torch.equal(saved[k], rank0[k]) and torch.equal(rank0[k], rank1[k]) for k in saved)
+    initial = SteerMoEForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    assert torch.equal(initial.aligner.steering_vectors, saved["aligner.steering_vectors"])
