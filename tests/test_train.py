@@ -211,3 +211,20 @@ def test_two_process_accelerate_launch_on_cpu(backbone_dirs, manifest, tmp_path)
     assert all(torch.equal(saved[k], rank0[k]) and torch.equal(rank0[k], rank1[k]) for k in saved)
     initial = SteerMoEForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
     assert torch.equal(initial.aligner.steering_vectors, saved["aligner.steering_vectors"])
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.stem)
+def test_recipes_parse(recipe):
+    model_args, data_args, training_args = train.parse_args([str(recipe), "--bf16", "false", "--use_cpu", "true"])
+    assert model_args.audio_model_id and model_args.text_model_id and training_args.output_dir
+    assert data_args.train_files or data_args.dataset_name
+    assert training_args.do_train and training_args.do_eval
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2", "fsdp"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == {"deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}[name]
+    assert config.num_processes == 8 and config.mixed_precision == "bf16"
