@@ -22,7 +22,7 @@ except ImportError:
 logger = logging.getLogger("steermoe")
 
 DEFAULT_AUDIO_MODEL = "openai/whisper-tiny.en"
-DEFAULT_TEXT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_TEXT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PROMPT = "Transcribe the audio."
 
 

@@ -65,7 +65,7 @@ STEERING_PARAMETERS = ("aligner.steering_vectors", "aligner.layer_scales")
 @dataclass
 class ModelArguments:
     audio_model_id: str = field(default="openai/whisper-tiny.en", metadata={"help": "Audio encoder id or folder."})
-    text_model_id: str = field(default="Qwen/Qwen2.5-0.5B-Instruct", metadata={"help": "LLM id or folder."})
+    text_model_id: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "LLM id or folder."})
     audio_model_revision: str | None = field(default=None)
     text_model_revision: str | None = field(default=None)
     adapter: str | None = field(
@@ -116,6 +116,10 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the router and projector."})
     router_balance_loss_coef: float = field(default=0.0, metadata={"help": "Router load-balancing loss weight."})
     generation_max_new_tokens: int = field(default=128)
+    generation_stop_strings: list[str] | None = field(
+        default=None,
+        metadata={"help": "Also stop generating at these strings (for LLMs that never emit their EOS token)."},
+    )
     remove_unused_columns: bool = field(default=False)
     ddp_find_unused_parameters: bool = field(default=False)
     train_sampling_strategy: str = field(default="group_by_length")
@@ -438,7 +442,13 @@ class SteerMoETrainer(Trainer):
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
             prompt_length = batch["input_ids"].shape[1]
-            output = model.generate(**batch, max_new_tokens=self.args.generation_max_new_tokens, do_sample=False)
+            output = model.generate(
+                **batch,
+                max_new_tokens=self.args.generation_max_new_tokens,
+                do_sample=False,
+                stop_strings=self.args.generation_stop_strings,
+                tokenizer=self.processing_class.tokenizer,
+            )
             texts = self.processing_class.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
             predictions += [text.strip() for text in texts]
             references += refs
@@ -555,9 +565,19 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
-        summary = {k: v for k, v in report.items() if k in ("eval_before", "eval")}
-        logger.info("Results: %s", json.dumps(summary))
+        sys.stdout.write(summarize(report) + "\n")
     return report
+
+
+def summarize(report: dict) -> str:
+    """One line for the console: error rates before/after training and the training time."""
+    parts = []
+    for key, label in (("eval_before", "before training"), ("eval", "after training")):
+        if key in report:
+            parts.append(f"{label}: WER {report[key][f'{key}_wer']:.3f}, CER {report[key][f'{key}_cer']:.3f}")
+    if "train" in report:
+        parts.append(f"training: {report['train']['minutes']} min, {report['train'].get('train_loss', float('nan')):.3f} mean loss")
+    return "SteerMoE results: " + ("; ".join(parts) if parts else "nothing evaluated")
 
 
 if __name__ == "__main__":
