@@ -92,7 +92,9 @@ class DataArguments:
     eval_split: str = field(default="test")
     train_files: list[str] | None = field(default=None, metadata={"help": "Local manifests (CSV/JSONL/Parquet)."})
     eval_files: list[str] | None = field(default=None)
-    data_dir: str | None = field(default=None, metadata={"help": "An audiofolder with a metadata file."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "An audiofolder: [split/]metadata.csv|jsonl|parquet with a file_name column."}
+    )
     streaming: bool = field(default=False)
     audio_column: str = field(default="audio", metadata={"help": "Audio (a datasets Audio column or file paths)."})
     text_column: str = field(default="text", metadata={"help": "Target text (transcript, or answer for qa)."})
@@ -189,7 +191,7 @@ def load_split(data_args: DataArguments, split: str, files: list[str] | None):
         dataset = load_dataset(builder, data_files=files, split="train", streaming=data_args.streaming, **kwargs)
         base_dir = str(Path(files[0]).resolve().parent)
     elif data_args.data_dir:
-        dataset = load_dataset("audiofolder", data_dir=data_args.data_dir, split=split, streaming=data_args.streaming)
+        dataset, base_dir = load_audiofolder(data_args, split)
     elif data_args.dataset_name:
         dataset = load_dataset(
             data_args.dataset_name, data_args.dataset_config, split=split, streaming=data_args.streaming
@@ -200,6 +202,24 @@ def load_split(data_args: DataArguments, split: str, files: list[str] | None):
     if isinstance(features.get(data_args.audio_column), Audio):
         dataset = dataset.cast_column(data_args.audio_column, Audio(decode=False))
     return dataset, base_dir
+
+
+def load_audiofolder(data_args: DataArguments, split: str):
+    """An `audiofolder` layout (`[split/]metadata.{csv,jsonl,parquet}` with a `file_name` column next to the audio),
+    read as a manifest so that no audio is decoded or re-encoded at load time (datasets' own audiofolder builder
+    encodes every file and needs torchcodec)."""
+    folder = Path(data_args.data_dir)
+    folder = folder / split if (folder / split).is_dir() else folder
+    names = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+    metadata = next((folder / name for name in names if (folder / name).exists()), None)
+    if metadata is None:
+        raise ValueError(f"{folder} is not an audiofolder: it has none of {names}.")
+    dataset = load_dataset(
+        FILE_BUILDERS[metadata.suffix], data_files=str(metadata), split="train", streaming=data_args.streaming
+    )
+    if "file_name" in dataset.column_names and data_args.audio_column not in dataset.column_names:
+        dataset = dataset.rename_column("file_name", data_args.audio_column)
+    return dataset, str(folder)
 
 
 def filter_split(dataset, data_args: DataArguments, tokenizer, base_dir, max_samples: int | None, name: str):

@@ -228,3 +228,47 @@ def test_accelerate_configs_load(name):
     config = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.value == {"deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}[name]
     assert config.num_processes == 8 and config.mixed_precision == "bf16"
+
+
+def _hub_style_parquet(path: Path, rows: list[dict], folder: Path) -> Path:
+    """A Parquet file laid out as Hub audio datasets are: an `Audio` column of embedded bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    audio = pa.array([{"bytes": (folder / r["audio"]).read_bytes(), "path": r["audio"]} for r in rows], type=audio_type)
+    table = pa.table({"audio": audio, "text": [r["text"] for r in rows]})
+    features = {"audio": {"_type": "Audio"}, "text": {"dtype": "string", "_type": "Value"}}
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})}), path)
+    return path
+
+
+@pytest.mark.parametrize("source", ["jsonl", "csv", "audiofolder", "parquet"])
+def test_data_sources_give_the_same_batches(source, manifest, processor):
+    folder = manifest.parent
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    data_args = train.DataArguments()
+    files = None
+    if source == "csv":
+        files = [str(folder / "train.csv")]
+        (folder / "train.csv").write_text("audio,text\n" + "".join(f"{r['audio']},{r['text']}\n" for r in rows))
+    elif source == "audiofolder":
+        (folder / "metadata.csv").write_text("file_name,text\n" + "".join(f"{r['audio']},{r['text']}\n" for r in rows))
+        data_args.data_dir = str(folder)
+    elif source == "parquet":
+        files = [str(_hub_style_parquet(folder / "train.parquet", rows, folder))]
+    else:
+        files = [str(manifest)]
+    dataset, base_dir = train.load_split(data_args, "train", files)
+    dataset, counts = train.filter_split(dataset, data_args, processor.tokenizer, base_dir, None, source)
+    assert counts == {"kept": len(rows)}
+    batch = train.SteerMoEDataCollator(processor, data_args, base_dir)(list(dataset))
+    reference = processor(
+        text=[processor.build_prompt(data_args.prompt)] * len(rows),
+        audio=[train.read_audio(r["audio"], str(folder))[0] for r in rows],
+        sampling_rate=[train.read_audio(r["audio"], str(folder))[1] for r in rows],
+        text_target=[r["text"] for r in rows],
+    )
+    assert batch.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(batch[key], reference[key]), key
