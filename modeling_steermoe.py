@@ -19,8 +19,10 @@ from transformers.utils import cached_file, logging
 
 try:
     from .configuration_steermoe import SteerMoEConfig
+    from .pipeline_steermoe import SteerMoEASRPipeline
 except ImportError:
     from configuration_steermoe import SteerMoEConfig
+    from pipeline_steermoe import SteerMoEASRPipeline
 
 
 logger = logging.get_logger(__name__)
@@ -148,7 +150,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.post_init()
         self.aligner.to(self.audio_encoder.conv1.weight.device)
         self.freeze_backbones()
-        self.generation_config = copy.deepcopy(self.language_model.generation_config)
+        self.generation_config = _asr_generation_config(self.language_model.generation_config)
         self.gradient_checkpointing = False
         self._keys_to_ignore_on_save = {key for key in self.state_dict() if not key.startswith(ADAPTER_PREFIXES)}
 
@@ -360,21 +362,25 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         generation_config: GenerationConfig | None = None,
         **kwargs,
     ) -> torch.LongTensor:
-        """Generate from a prompt with audio placeholders (or from text alone, exactly as the base LLM).
+        """Generate from a prompt with audio placeholders, or from text alone exactly as the base LLM.
 
-        Right-padded batches (as the processor writes them) are moved to left padding first. Returns `(batch,
-        prompt_len + new_tokens)` like any decoder-only `generate`; the new text is `output[:, prompt_len:]`.
+        Right-padded batches (as the processor writes them) are moved to left padding first. With audio, returns
+        only the generated tokens `(batch, new_tokens)`, as seq2seq ASR models (and LLMs given `inputs_embeds`)
+        do, so `processor.batch_decode(output)` is the answer; text-only returns the base LLM's `(batch, prompt_len +
+        new_tokens)`.
         """
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         kwargs = generation_config.update(**kwargs)
         if attention_mask is not None:
             input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if input_features is not None:
-            inputs["inputs_embeds"], _ = self._merge_audio_into_embeddings(
-                input_ids, input_features, feature_attention_mask
-            )
-        return self.language_model.generate(**inputs, generation_config=generation_config, **kwargs)
+        if input_features is None:
+            inputs = {"input_ids": input_ids}
+        else:
+            inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            inputs = {"inputs_embeds": inputs_embeds}
+        return self.language_model.generate(
+            **inputs, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+        )
 
     def _adapter_state_dict(self, state_dict: dict | None = None) -> dict:
         state_dict = self.state_dict() if state_dict is None else state_dict
@@ -388,6 +394,14 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         for auto_class in ("AutoModel", "AutoModelForSpeechSeq2Seq"):
             auto_map[auto_class] = f"{module}.{self.__class__.__name__}"
         self.config.auto_map = auto_map
+        pipeline_module = SteerMoEASRPipeline.__module__.split(".")[-1]
+        self.config.custom_pipelines = {
+            "automatic-speech-recognition": {
+                "impl": f"{pipeline_module}.{SteerMoEASRPipeline.__name__}",
+                "pt": ["AutoModelForSpeechSeq2Seq"],
+                "type": "audio",
+            }
+        }
         return super().save_pretrained(save_directory, *args, state_dict=self._adapter_state_dict(state_dict), **kwargs)
 
     @classmethod
@@ -485,6 +499,16 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             f"{self.config.text_model_id!r} (hidden_size={self.config.text_config.hidden_size}); "
             f"shapes differ: {shapes}."
         )
+
+
+def _asr_generation_config(llm_config: GenerationConfig) -> GenerationConfig:
+    """The LLM's generation config (its EOS and pad tokens) with ASR defaults: greedy, at most 256 new tokens."""
+    config = copy.deepcopy(llm_config)
+    config.update(do_sample=False, num_beams=1, max_new_tokens=256, temperature=None, top_p=None, top_k=None)
+    if config.pad_token_id is None:
+        eos = config.eos_token_id
+        config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return config
 
 
 def _raise_on_missing_backbone_weights(kind: str, model_id: str, loading_info: dict):

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             failed += 1
             continue
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        text = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        text = processor.decode(output[0], skip_special_tokens=True)
         sys.stdout.write(f"{path}\t{text.strip()}\n")
     return 1 if failed else 0
 

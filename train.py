@@ -461,7 +461,6 @@ class SteerMoETrainer(Trainer):
         start = time.time()
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
-            prompt_length = batch["input_ids"].shape[1]
             output = model.generate(
                 **batch,
                 max_new_tokens=self.args.generation_max_new_tokens,
@@ -469,7 +468,7 @@ class SteerMoETrainer(Trainer):
                 stop_strings=self.args.generation_stop_strings,
                 tokenizer=self.processing_class.tokenizer,
             )
-            texts = self.processing_class.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+            texts = self.processing_class.batch_decode(output, skip_special_tokens=True)
             predictions += [text.strip() for text in texts]
             references += refs
         predictions = self.accelerator.gather_for_metrics(predictions, use_gather_object=True)

@@ -1,0 +1,89 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""`pipeline("automatic-speech-recognition", model=<SteerMoE repo>, trust_remote_code=True)`.
+
+The saved `config.json` routes the task here (`custom_pipelines`), because the stock ASR pipeline treats any
+remote-code model as CTC. Audio is decoded with soundfile and resampled with soxr (no ffmpeg or torchaudio needed).
+"""
+
+import urllib.request
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+
+try:
+    from .processing_steermoe import load_audio
+except ImportError:
+    from processing_steermoe import load_audio
+
+
+DEFAULT_PROMPT = "Transcribe the audio."
+
+
+class SteerMoEASRPipeline(Pipeline):
+    """Speech (or audio question answering) to text with a SteerMoE model.
+
+    Inputs: a file path or URL (WAV, FLAC, OGG, MP3), raw file bytes, a numpy array (at the feature extractor's
+    rate, 16 kHz, like the stock pipeline), or a dict `{"array" or "raw": samples, "sampling_rate": rate}` at any
+    rate; mono or multi-channel. Audio longer than 30 s is encoded in 30 s windows whose frames all reach the LLM.
+
+    Call arguments: `prompt` (an instruction or a question about the audio, default "Transcribe the audio."),
+    `generate_kwargs` (e.g. `{"num_beams": 4}`), `max_new_tokens`, and the usual `batch_size`.
+    Returns `{"text": generated text}`.
+    """
+
+    _load_processor = True
+    _load_tokenizer = True
+    _load_feature_extractor = True
+    _load_image_processor = False
+    _load_video_processor = False
+
+    def _sanitize_parameters(self, prompt=None, generate_kwargs=None, max_new_tokens=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Unsupported arguments for the SteerMoE ASR pipeline: {sorted(kwargs)}")
+        preprocess_params = {} if prompt is None else {"prompt": prompt}
+        forward_params = {"generate_kwargs": dict(generate_kwargs or {})}
+        if max_new_tokens is not None:
+            forward_params["generate_kwargs"]["max_new_tokens"] = max_new_tokens
+        return preprocess_params, forward_params, {}
+
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT):
+        audio, sampling_rate = self._decode(inputs)
+        return {"audio": audio, "sampling_rate": sampling_rate, "prompt": self.processor.build_prompt(prompt)}
+
+    def _decode(self, inputs) -> tuple[np.ndarray, int]:
+        if isinstance(inputs, str):
+            if inputs.startswith(("http://", "https://")):
+                with urllib.request.urlopen(inputs) as response:
+                    inputs = response.read()
+            else:
+                return load_audio(inputs)
+        if isinstance(inputs, (bytes, bytearray)):
+            return load_audio(bytes(inputs))
+        if isinstance(inputs, dict):
+            samples = inputs.get("array", inputs.get("raw"))
+            if samples is None or "sampling_rate" not in inputs:
+                raise ValueError('A dict input needs "array" (or "raw") and "sampling_rate".')
+            return np.asarray(samples), inputs["sampling_rate"]
+        if isinstance(inputs, torch.Tensor):
+            inputs = inputs.detach().cpu().numpy()
+        if isinstance(inputs, np.ndarray):
+            return inputs, self.processor.feature_extractor.sampling_rate
+        raise TypeError(f"Unsupported audio input of type {type(inputs).__name__}.")
+
+    def _forward(self, model_inputs, generate_kwargs=None):
+        batched = isinstance(model_inputs["prompt"], list)
+        audio, rates, prompts = (
+            (model_inputs[key] if batched else [model_inputs[key]]) for key in ("audio", "sampling_rate", "prompt")
+        )
+        inputs = self.processor(text=prompts, audio=audio, sampling_rate=rates).to(self.model.device)
+        tokens = self.model.generate(**inputs, **(generate_kwargs or {}))
+        return {"tokens": tokens}
+
+    def postprocess(self, model_outputs):
+        tokens = model_outputs["tokens"]
+        return {"text": self.processor.decode(tokens.reshape(-1), skip_special_tokens=True).strip()}
+
+
+__all__ = ["SteerMoEASRPipeline"]
