@@ -13,12 +13,9 @@ from transformers import Pipeline
 
 
 try:
-    from .processing_steermoe import load_audio
+    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
 except ImportError:
-    from processing_steermoe import load_audio
-
-
-DEFAULT_PROMPT = "Transcribe the audio."
+    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
 
 
 class SteerMoEASRPipeline(Pipeline):
@@ -48,7 +45,7 @@ class SteerMoEASRPipeline(Pipeline):
             forward_params["generate_kwargs"]["max_new_tokens"] = max_new_tokens
         return preprocess_params, forward_params, {}
 
-    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT):
+    def preprocess(self, inputs, prompt: str = DEFAULT_TRANSCRIPTION_PROMPT):
         audio, sampling_rate = self._decode(inputs)
         return {"audio": audio, "sampling_rate": sampling_rate, "prompt": self.processor.build_prompt(prompt)}
 

@@ -2,6 +2,7 @@
 """SteerMoE processor: the audio encoder's feature extractor + the LLM's tokenizer with an audio placeholder token."""
 
 import io
+import os
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ except ImportError:
     soundfile = None
 
 
+DEFAULT_TRANSCRIPTION_PROMPT = "Transcribe the audio."
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "fr": "French", "de": "German", "es": "Spanish", "ja": "Japanese"}
 MIN_SAMPLING_RATE = 1_000
 MAX_SAMPLING_RATE = 768_000
 MAX_CHANNELS = 64
@@ -226,6 +229,35 @@ class SteerMoEProcessor(ProcessorMixin):
         if labels is not None:
             padded["labels"] = [s + [-100] * (length - len(s)) for s in labels]
         return padded
+
+    def apply_transcription_request(
+        self, audio, prompt: str | None = None, language: str | None = None, sampling_rate: int | None = None
+    ) -> BatchFeature:
+        """Inputs for `model.generate` that ask for a transcript (or answer `prompt` about the audio).
+
+        Args:
+            audio: one clip or a list: file paths, file bytes, or arrays at `sampling_rate`.
+            prompt (`str`, *optional*): the instruction; defaults to "Transcribe the audio." (naming `language`).
+            language (`str`, *optional*): the spoken language, e.g. "en" or "zh", named in the default prompt.
+            sampling_rate (`int`, *optional*): rate of array inputs.
+        Decode the answer with `processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)`.
+        """
+        clips = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+        decoded = [
+            load_audio(os.fspath(clip) if isinstance(clip, os.PathLike) else clip)
+            if isinstance(clip, (str, bytes, bytearray, os.PathLike))
+            else (clip, sampling_rate)
+            for clip in clips
+        ]
+        if prompt is None:
+            prompt = DEFAULT_TRANSCRIPTION_PROMPT
+            if language is not None:
+                prompt = f"Transcribe the {LANGUAGE_NAMES.get(language, language)} audio."
+        return self(
+            text=[self.build_prompt(prompt)] * len(decoded),
+            audio=[samples for samples, _ in decoded],
+            sampling_rate=[rate for _, rate in decoded],
+        )
 
     def build_prompt(self, instruction: str, use_chat_template: bool = True) -> str:
         """A user turn holding the audio then `instruction`, in the chat template when there is one (and

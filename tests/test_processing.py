@@ -137,3 +137,22 @@ def test_save_and_load_with_auto_processor(processor, tmp_path):
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_transcription_request_from_paths_bytes_and_arrays(processor, tmp_path):
+    import soundfile
+
+    clip = speechlike(1.5, 22050, seed=3)
+    path = tmp_path / "clip.flac"
+    soundfile.write(path, clip, 22050)
+    decoded = soundfile.read(path, dtype="float32")[0]
+    expected = processor(text=processor.build_prompt("Transcribe the audio."), audio=decoded, sampling_rate=22050)
+    for source in (path, str(path), path.read_bytes()):
+        inputs = processor.apply_transcription_request(source)
+        assert all(torch.equal(inputs[k], expected[k]) for k in expected)
+    batch = processor.apply_transcription_request([clip, speechlike(0.5)], sampling_rate=22050, language="zh")
+    assert batch["input_ids"].shape[0] == 2
+    prompt = processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=False)
+    assert "Transcribe the Chinese audio." in prompt
+    asked = processor.apply_transcription_request(clip, sampling_rate=22050, prompt="Who speaks?")
+    assert "Who speaks?" in processor.tokenizer.decode(asked["input_ids"][0])
