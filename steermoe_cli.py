@@ -1,78 +1,134 @@
 # Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
-"""Transcribe audio files with SteerMoE: a saved adapter (folder or Hub id), or a fresh aligner on two backbones."""
+"""steermoe-transcribe: transcribe (or ask about) audio files with a SteerMoE model from a folder or the Hub.
+
+    steermoe-transcribe --model my-org/steermoe-adapter recordings/ "calls/*.flac" --format jsonl
+
+Unreadable or empty files are reported by name and skipped; the rest still run; the exit code is 1 if any failed.
+"""
 
 import argparse
+import glob
+import json
 import logging
 import sys
+import time
+from pathlib import Path
 
 import torch
-from transformers import AutoFeatureExtractor, AutoTokenizer
+from tqdm.auto import tqdm
+from transformers import pipeline
 
 
 try:
-    from .configuration_steermoe import SteerMoEConfig
-    from .modeling_steermoe import SteerMoEForConditionalGeneration
-    from .processing_steermoe import SteerMoEProcessor, load_audio
+    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
 except ImportError:
-    from configuration_steermoe import SteerMoEConfig
-    from modeling_steermoe import SteerMoEForConditionalGeneration
-    from processing_steermoe import SteerMoEProcessor, load_audio
+    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
 
 
 logger = logging.getLogger("steermoe")
 
-DEFAULT_AUDIO_MODEL = "openai/whisper-tiny.en"
-DEFAULT_TEXT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_PROMPT = "Transcribe the audio."
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aiff", ".aif"}
+SEGMENT_SECONDS = 30.0
 
 
-def load_model_and_processor(args):
-    dtype = getattr(torch, args.dtype)
-    if args.adapter:
-        model = SteerMoEForConditionalGeneration.from_pretrained(args.adapter, dtype=dtype, device_map=args.device)
-        processor = SteerMoEProcessor.from_pretrained(args.adapter)
-        return model, processor
-    logger.warning("No --adapter given: the aligner is freshly initialised, so the output is not a transcript yet.")
-    processor = SteerMoEProcessor(
-        AutoFeatureExtractor.from_pretrained(args.audio_model), AutoTokenizer.from_pretrained(args.text_model)
-    )
-    config = SteerMoEConfig(
-        audio_model_id=args.audio_model, text_model_id=args.text_model, audio_token_id=processor.audio_token_id
-    )
-    model = SteerMoEForConditionalGeneration(config, dtype=dtype, device_map=args.device)
-    return model, processor
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files as given, audio files inside folders (recursively), and glob matches; sorted, without duplicates."""
+    paths = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif any(ch in pattern for ch in "*?["):
+            paths += sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+        else:
+            paths.append(path)
+    return list(dict.fromkeys(paths))
+
+
+def srt_time(seconds: float) -> str:
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d},{millis % 1000:03d}"
+
+
+def write(out, fmt: str, path: Path, seconds: float, rtf: float, texts: list[str]) -> None:
+    """One file's result as a text line, a JSON line (file, text, seconds, real-time factor) or SRT segments."""
+    if fmt == "text":
+        out.write(f"{path}\t{' '.join(texts)}\n")
+    elif fmt == "jsonl":
+        record = {"file": str(path), "text": " ".join(texts), "seconds": round(seconds, 3), "rtf": round(rtf, 4)}
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"# {path}\n")
+        for index, text in enumerate(texts):
+            begin, end = index * SEGMENT_SECONDS, min((index + 1) * SEGMENT_SECONDS, seconds)
+            out.write(f"{index + 1}\n{srt_time(begin)} --> {srt_time(end)}\n{text}\n\n")
+    out.flush()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("audio", nargs="+", help="Audio files (WAV, FLAC, OGG, MP3; any rate, mono or stereo).")
-    parser.add_argument("--adapter", help="Saved SteerMoE adapter (folder or Hub id); overrides the backbone flags.")
-    parser.add_argument("--audio-model", default=DEFAULT_AUDIO_MODEL, help="Audio encoder id or folder.")
-    parser.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="LLM id or folder.")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser = argparse.ArgumentParser(prog="steermoe-transcribe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="Audio files, folders or glob patterns (WAV, FLAC, OGG, MP3).")
+    parser.add_argument("--model", required=True, help="A saved SteerMoE model: folder or Hub id.")
+    parser.add_argument("--task", choices=["transcribe", "qa"], default="transcribe")
+    parser.add_argument("--prompt", help="The instruction (transcribe) or the question about the audio (qa).")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
+                        help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf; srt: one segment per 30 s.")  # fmt: skip
+    parser.add_argument("--output", help="Write here instead of standard output.")
+    args = parser.parse_args(argv)
+    if args.task == "qa" and not args.prompt:
+        parser.error("--task qa needs --prompt with the question")
+    return args
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    model, processor = load_model_and_processor(args)
-    prompt = processor.build_prompt(args.prompt)
-    failed = 0
-    for path in args.audio:
-        try:
-            samples, sampling_rate = load_audio(path)
-            inputs = processor(text=prompt, audio=samples, sampling_rate=sampling_rate).to(model.device)
-        except (OSError, ValueError, RuntimeError) as error:
-            logger.error("%s: %s", path, error)
-            failed += 1
-            continue
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        text = processor.decode(output[0], skip_special_tokens=True)
-        sys.stdout.write(f"{path}\t{text.strip()}\n")
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    asr = pipeline(
+        "automatic-speech-recognition", model=args.model, trust_remote_code=True, dtype=dtype, device=args.device
+    )
+    call_kwargs = {"prompt": args.prompt or DEFAULT_TRANSCRIPTION_PROMPT, "batch_size": args.batch_size}
+    if args.max_new_tokens is not None:
+        call_kwargs["max_new_tokens"] = args.max_new_tokens
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        logger.error("No audio files found in %s", args.inputs)
+        return 1
+    out = open(args.output, "w") if args.output else sys.stdout
+    failed = []
+    progress = tqdm(total=len(paths), desc="Transcribing", unit="file", disable=None)
+    for first in range(0, len(paths), args.batch_size):
+        clips = []
+        for path in paths[first : first + args.batch_size]:
+            try:
+                samples, rate = load_audio(str(path))
+                if samples.size == 0:
+                    raise ValueError("the file holds no audio")
+            except (OSError, RuntimeError, ValueError) as error:
+                logger.error("%s: %s", path, error)
+                failed.append(path)
+                continue
+            step = int(SEGMENT_SECONDS * rate) if args.format == "srt" else samples.shape[0]
+            pieces = [{"array": samples[i : i + step], "sampling_rate": rate} for i in range(0, samples.shape[0], step)]
+            clips.append((path, samples.shape[0] / rate, pieces))
+        if clips:
+            start = time.perf_counter()
+            results = iter(asr([piece for _, _, pieces in clips for piece in pieces], **call_kwargs))
+            rtf = (time.perf_counter() - start) / sum(seconds for _, seconds, _ in clips)
+            for path, seconds, pieces in clips:
+                write(out, args.format, path, seconds, rtf, [next(results)["text"] for _ in pieces])
+        progress.update(len(paths[first : first + args.batch_size]))
+    progress.close()
+    if args.output:
+        out.close()
+    if failed:
+        logger.error("%d of %d files failed: %s", len(failed), len(paths), ", ".join(map(str, failed)))
     return 1 if failed else 0
 
 

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+import soundfile
+
+from conftest import speechlike
+
+import steermoe_cli
+
+
+def test_cli_on_a_folder_with_a_corrupt_and_an_empty_file(model, processor, tmp_path, caplog):
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "audio"
+    (folder / "nested").mkdir(parents=True)
+    soundfile.write(folder / "a.wav", speechlike(1.0, seed=1), 16000)
+    soundfile.write(folder / "nested" / "b.flac", speechlike(2.0, 44100, seed=2), 44100)
+    (folder / "corrupt.mp3").write_bytes(b"\x00garbage" * 50)
+    soundfile.write(folder / "empty.wav", speechlike(0.0), 16000)
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "out.jsonl"
+    code = steermoe_cli.main(
+        [str(folder), "--model", str(tmp_path / "model"), "--format", "jsonl", "--output", str(out),
+         "--batch-size", "2", "--max-new-tokens", "4", "--dtype", "float32", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["file"] for r in records] == [str(folder / "a.wav"), str(folder / "nested" / "b.flac")]
+    assert records[1]["seconds"] == 2.0 and records[1]["rtf"] > 0 and isinstance(records[1]["text"], str)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("corrupt.mp3" in m for m in errors) and any("empty.wav" in m and "no audio" in m for m in errors)
+    assert "2 of 4 files failed" in errors[-1]
+
+
+def test_cli_srt_segments_and_glob(model, processor, tmp_path, capsys):
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    soundfile.write(tmp_path / "long.wav", speechlike(65.0), 16000)
+    code = steermoe_cli.main(
+        [str(tmp_path / "*.wav"), "--model", str(tmp_path / "model"), "--format", "srt", "--max-new-tokens", "3",
+         "--dtype", "float32", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "00:00:00,000 --> 00:00:30,000" in text and "00:01:00,000 --> 00:01:05,000" in text
+    assert text.count(" --> ") == 3
+
+
+def test_cli_qa_needs_a_question(tmp_path):
+    with pytest.raises(SystemExit):
+        steermoe_cli.parse_args([str(tmp_path), "--model", "m", "--task", "qa"])
