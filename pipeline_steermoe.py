@@ -36,6 +36,13 @@ class SteerMoEASRPipeline(Pipeline):
     _load_image_processor = False
     _load_video_processor = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is None:
+            raise ValueError("The SteerMoE ASR pipeline needs the model's SteerMoEProcessor (saved next to it).")
+        self.tokenizer = self.processor.tokenizer
+        self.feature_extractor = self.processor.feature_extractor
+
     def _sanitize_parameters(self, prompt=None, generate_kwargs=None, max_new_tokens=None, **kwargs):
         if kwargs:
             raise TypeError(f"Unsupported arguments for the SteerMoE ASR pipeline: {sorted(kwargs)}")

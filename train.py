@@ -494,7 +494,7 @@ def build_model_and_processor(model_args: ModelArguments):
     dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
-        return model, SteerMoEProcessor.from_pretrained(model_args.adapter)
+        return model, SteerMoEProcessor.from_pretrained(model_args.adapter, trust_remote_code=True)
     pooling_type = None if model_args.pooling_type in ("none", "") else model_args.pooling_type
     config = SteerMoEConfig(
         audio_model_id=model_args.audio_model_id,

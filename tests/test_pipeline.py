@@ -79,6 +79,16 @@ def test_batching_gives_the_same_texts(asr):
     assert len(set(one_by_one)) > 1
 
 
+def test_batching_with_a_left_padding_llm_tokenizer(repo, processor):
+    config = json.loads((repo / "tokenizer_config.json").read_text())
+    (repo / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    asr = pipeline("automatic-speech-recognition", model=str(repo), trust_remote_code=True, dtype=torch.float32)
+    clips = [speechlike(d, seed=i) for i, d in enumerate((0.8, 2.5))]
+    assert [r["text"] for r in asr(clips, batch_size=2, generate_kwargs=GENERATE)] == [
+        asr(clip, generate_kwargs=GENERATE)["text"] for clip in clips
+    ]
+
+
 def test_long_audio_is_transcribed_end_to_end(asr, model, processor):
     clip = speechlike(75.0, seed=5)
     calls = []
