@@ -404,6 +404,16 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         }
         return super().save_pretrained(save_directory, *args, state_dict=self._adapter_state_dict(state_dict), **kwargs)
 
+    def push_to_hub(self, repo_id: str, processor=None, results: dict | None = None, **kwargs):
+        """Upload the adapter with its processor and a model card rendered from `hub_card/`: exactly config.json,
+        the aligner weights, the code files, the processor files, generation_config.json and README.md.
+        `results` is train.py's `results.json` (its WER/CER go into the card's `model-index`)."""
+        try:
+            from hub_card.publish import push_adapter
+        except ImportError as error:
+            raise ImportError("Publishing needs the steermoe package's hub_card module: pip install steermoe") from error
+        return push_adapter(self, processor, repo_id, results=results, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,

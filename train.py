@@ -60,6 +60,11 @@ logger = logging.getLogger("steermoe.train")
 METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "asr_error_rate")
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 STEERING_PARAMETERS = ("aligner.steering_vectors", "aligner.layer_scales")
+RECORDED_TRAINING_ARGS = (
+    "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "steering_learning_rate", "learning_rate", "lr_scheduler_type", "warmup_steps", "router_balance_loss_coef",
+    "bf16", "seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -444,6 +449,19 @@ class SteerMoETrainer(Trainer):
         plt.close(figure)
         return path
 
+    def push_to_hub(self, commit_message: str = "Upload SteerMoE adapter", token: str | None = None, **kwargs):
+        """Publish the adapter, processor and model card (with `results.json`) to `--hub_model_id`."""
+        results_file = Path(self.args.output_dir) / "results.json"
+        results = json.loads(results_file.read_text()) if results_file.exists() else None
+        return self.accelerator.unwrap_model(self.model).push_to_hub(
+            self.args.hub_model_id or Path(self.args.output_dir).name,
+            processor=self.processing_class,
+            results=results,
+            private=self.args.hub_private_repo,
+            token=token or self.args.hub_token,
+            commit_message=commit_message,
+        )
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Generate for every eval example (sharded over processes), then score WER/CER on all of them."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
@@ -547,6 +565,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     train_collator = SteerMoEDataCollator(processor, data_args, train_base, with_targets=True)
     eval_collator = SteerMoEDataCollator(processor, data_args, eval_base, with_targets=False)
     stopper = GracefulStopCallback()
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = SteerMoETrainer(
         model=model,
         args=training_args,
@@ -581,10 +600,13 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
                     handle.write(json.dumps({"reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
     report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
     report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
+    report["training_args"] = {key: getattr(training_args, key) for key in RECORDED_TRAINING_ARGS}
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
         sys.stdout.write(summarize(report) + "\n")
+        if push_to_hub:
+            trainer.push_to_hub()
     return report
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoFeatureExtractor, AutoTokenizer
+from transformers import AutoFeatureExtractor, AutoTokenizer, Qwen2Config, WhisperConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,3 +57,16 @@ def speechlike(seconds: float, sampling_rate: int = 16000, seed: int = 0, noise:
     tone = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((220.0, 440.0, 660.0), start=1))
     return (0.3 * tone * (1 + np.sin(2 * np.pi * 3 * t)) + noise * rng.standard_normal(t.size)).astype(np.float32)
 
+
+
+def real_size_configs() -> tuple[dict, dict]:
+    """whisper-large-v3 and Qwen2.5-7B-Instruct configs from their published values (no download)."""
+    whisper = WhisperConfig(
+        d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
+        decoder_layers=32, decoder_attention_heads=20, decoder_ffn_dim=5120, vocab_size=51866,
+    )  # fmt: skip
+    qwen = Qwen2Config(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
+    )  # fmt: skip
+    return whisper.to_dict(), qwen.to_dict()

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from conftest import speechlike
+from conftest import real_size_configs, speechlike
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, WhisperConfig, WhisperForConditionalGeneration, Qwen2Config
+from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
 
 from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens
 from modeling_steermoe import SteerMoEForConditionalGeneration
@@ -295,15 +295,8 @@ def test_bf16_backbones_keep_an_fp32_aligner(make_model, backbone_dirs, processo
 
 
 def test_parameter_report_at_real_size_on_meta():
-    large_v3 = WhisperConfig(
-        d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
-        decoder_layers=32, decoder_attention_heads=20, decoder_ffn_dim=5120, vocab_size=51866,
-    )
-    qwen7b = Qwen2Config(
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
-    )
-    config = SteerMoEConfig(audio_config=large_v3.to_dict(), text_config=qwen7b.to_dict())
+    audio_config, text_config = real_size_configs()
+    config = SteerMoEConfig(audio_config=audio_config, text_config=text_config)
     with torch.device("meta"):
         model = SteerMoEForConditionalGeneration(config)
     report = model.get_parameter_report()

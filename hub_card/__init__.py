@@ -1,0 +1,1 @@
+"""The SteerMoE Hub model card template and the publishing helpers that render and upload it."""
