@@ -5,6 +5,7 @@ decoder-only LLM."""
 import copy
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -500,7 +501,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def _pair_mismatch_message(self, source, lookup: dict, mismatched: dict) -> str:
         saved_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **lookup)
-        saved = json.load(open(saved_file)) if saved_file else {}
+        saved = json.loads(Path(saved_file).read_text()) if saved_file else {}
         shapes = ", ".join(f"{key}: saved {old} vs model {new}" for key, (old, new) in mismatched.items())
         return (
             f"The adapter in {source} was trained for audio encoder {saved.get('audio_model_id')!r} + LLM "
