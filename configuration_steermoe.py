@@ -7,6 +7,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+ALIGNER_TYPES = ("layerwise", "per_layer_router", "post_encoder", "linear")
 POOLING_TYPES = ("max", "avg", None)
 PROJECTOR_TYPES = ("linear", "mlp")
 
@@ -40,6 +41,12 @@ class SteerMoEConfig(PreTrainedConfig):
         text_model_revision (`str`, *optional*): Revision of `text_model_id`.
         audio_config (`dict` or `PreTrainedConfig`, *optional*): Full audio encoder config, used when no id is given.
         text_config (`dict` or `PreTrainedConfig`, *optional*): Full LLM config, used when no id is given.
+        aligner_type (`str`, *optional*, defaults to `"layerwise"`): `"layerwise"` (steering after every steered
+            layer, one shared router), `"per_layer_router"` (one small router per steered layer), `"post_encoder"`
+            (a single steering step on the encoder's last layer output) or `"linear"` (no steering: pooling and
+            projector only, the static-adapter baseline).
+        steered_layers (`list[int]`, *optional*): Encoder layers steered by `layerwise` / `per_layer_router`;
+            all by default.
         num_experts (`int`, *optional*, defaults to 8): Steering vectors per encoder layer.
         steering_scale (`float`, *optional*, defaults to 0.1): Initial value of every per-layer scale.
         pooling_type (`str`, *optional*, defaults to `"max"`): `"max"`, `"avg"` or `None` (no temporal pooling).
@@ -69,6 +76,8 @@ class SteerMoEConfig(PreTrainedConfig):
     text_model_revision: str | None = None
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
+    aligner_type: str = "layerwise"
+    steered_layers: list[int] | None = None
     num_experts: int = 8
     steering_scale: float = 0.1
     pooling_type: str | None = "max"
@@ -88,10 +97,29 @@ class SteerMoEConfig(PreTrainedConfig):
             raise ValueError(f"pooling_type must be one of {POOLING_TYPES}, got {self.pooling_type!r}")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.aligner_type not in ALIGNER_TYPES:
+            raise ValueError(f"aligner_type must be one of {ALIGNER_TYPES}, got {self.aligner_type!r}")
+        if self.steered_layers is not None:
+            if self.aligner_type not in ("layerwise", "per_layer_router"):
+                raise ValueError(f"steered_layers applies to layerwise and per_layer_router, not {self.aligner_type!r}")
+            num_layers = getattr(self.audio_config, "encoder_layers", None)
+            bad = [i for i in self.steered_layers if not 0 <= i < (num_layers or 10**9)]
+            if bad or len(set(self.steered_layers)) != len(self.steered_layers) or not self.steered_layers:
+                raise ValueError(f"steered_layers must be distinct indices of the {num_layers} encoder layers, got {self.steered_layers}")
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.pooling_type is not None and self.pooling_kernel_size < 1:
             raise ValueError(f"pooling_kernel_size must be >= 1, got {self.pooling_kernel_size}")
+
+    @property
+    def steered_layer_indices(self) -> tuple[int, ...]:
+        """The encoder layers after which the aligner steers (empty for the linear baseline)."""
+        num_layers = self.audio_config.encoder_layers
+        if self.aligner_type == "linear":
+            return ()
+        if self.aligner_type == "post_encoder":
+            return (num_layers - 1,)
+        return tuple(sorted(self.steered_layers)) if self.steered_layers is not None else tuple(range(num_layers))
 
     @property
     def audio_frames_per_token(self) -> int:

@@ -42,10 +42,14 @@ class SteerMoEWhisperEncoder(WhisperEncoder):
 class SteerMoEAligner(nn.Module):
     """The trainable part: per-layer steering of the frozen encoder, temporal pooling and the projection to the LLM.
 
+    `config.aligner_type` picks the variant; `S = len(steered_layers)` layers are steered (all `L` by default, the last
+    one for `post_encoder`, none for `linear`).
+
     Attributes:
-        steering_vectors (`nn.Parameter` of shape `(num_layers, num_experts, audio_hidden_size)`)
-        router (`nn.Linear`): `audio_hidden_size -> num_layers * num_experts`; rows `l*E:(l+1)*E` route layer `l`.
-        layer_scales (`nn.Parameter` of shape `(num_layers,)`)
+        steering_vectors (`nn.Parameter` of shape `(S, num_experts, audio_hidden_size)`)
+        router (`nn.Linear`): `audio_hidden_size -> S * num_experts`; rows `s*E:(s+1)*E` route the `s`-th steered
+            layer (`routers`, one `Linear(audio_hidden_size, num_experts)` per steered layer, for `per_layer_router`).
+        layer_scales (`nn.Parameter` of shape `(S,)`)
         projector (`nn.Module`): `audio_hidden_size -> text_hidden_size`.
     """
 
@@ -53,14 +57,22 @@ class SteerMoEAligner(nn.Module):
         super().__init__()
         audio_hidden_size = config.audio_config.d_model
         text_hidden_size = config.text_config.hidden_size
-        self.num_layers = config.audio_config.encoder_layers
+        self.steered_layers = config.steered_layer_indices
+        self.num_layers = len(self.steered_layers)
         self.num_experts = config.num_experts
         self.pooling_type = config.pooling_type
         self.pooling_kernel_size = config.audio_frames_per_token
+        self._slots = {layer: slot for slot, layer in enumerate(self.steered_layers)}
 
-        self.steering_vectors = nn.Parameter(torch.empty(self.num_layers, self.num_experts, audio_hidden_size))
-        self.router = nn.Linear(audio_hidden_size, self.num_layers * self.num_experts)
-        self.layer_scales = nn.Parameter(torch.full((self.num_layers,), float(config.steering_scale)))
+        if self.steered_layers:
+            self.steering_vectors = nn.Parameter(torch.empty(self.num_layers, self.num_experts, audio_hidden_size))
+            self.layer_scales = nn.Parameter(torch.full((self.num_layers,), float(config.steering_scale)))
+            if config.aligner_type == "per_layer_router":
+                self.routers = nn.ModuleList(
+                    nn.Linear(audio_hidden_size, self.num_experts) for _ in range(self.num_layers)
+                )
+            else:
+                self.router = nn.Linear(audio_hidden_size, self.num_layers * self.num_experts)
         if config.projector_type == "linear":
             self.projector = nn.Linear(audio_hidden_size, text_hidden_size)
         else:
@@ -70,18 +82,28 @@ class SteerMoEAligner(nn.Module):
                 nn.Linear(text_hidden_size, text_hidden_size),
             )
 
-    def router_logits(self, hidden_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        """Layer `layer_idx`'s router logits, `(..., num_experts)`; computes only that layer's slice of the router."""
-        rows = slice(layer_idx * self.num_experts, (layer_idx + 1) * self.num_experts)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def router_logits(self, hidden_states: torch.Tensor, slot: int) -> torch.Tensor:
+        """Router logits of the `slot`-th steered layer, `(..., num_experts)`; only that layer's rows are computed."""
+        if hasattr(self, "routers"):
+            return self.routers[slot](hidden_states)
+        rows = slice(slot * self.num_experts, (slot + 1) * self.num_experts)
         return nn.functional.linear(hidden_states, self.router.weight[rows], self.router.bias[rows])
 
-    def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`h + layer_scales[l] * sum_k softmax(router_l(h))_k * steering_vectors[l, k]` for `h` of shape
-        `(batch, frames, audio_hidden_size)`, computed in the aligner's dtype and returned in `h`'s; also returns
-        the router logits `(batch, frames, num_experts)`."""
-        logits = self.router_logits(hidden_states.to(self.router.weight.dtype), layer_idx)
-        steering = logits.softmax(dim=-1) @ self.steering_vectors[layer_idx]
-        return hidden_states + (self.layer_scales[layer_idx] * steering).to(hidden_states.dtype), logits
+    def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """After encoder layer `l` (steered slot `s`): `h + layer_scales[s] * sum_k softmax(router_s(h))_k *
+        steering_vectors[s, k]` for `h` of shape `(batch, frames, audio_hidden_size)`, computed in the aligner's
+        dtype and returned in `h`'s, with the router logits `(batch, frames, num_experts)`. Unsteered layers pass
+        `h` through (logits `None`)."""
+        slot = self._slots.get(layer_idx)
+        if slot is None:
+            return hidden_states, None
+        logits = self.router_logits(hidden_states.to(self.dtype), slot)
+        steering = logits.softmax(dim=-1) @ self.steering_vectors[slot]
+        return hidden_states + (self.layer_scales[slot] * steering).to(hidden_states.dtype), logits
 
     def pool(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked temporal pooling with kernel = stride; a partial last window is kept.
@@ -110,7 +132,7 @@ class SteerMoEAligner(nn.Module):
 
     def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(..., audio_hidden_size)` -> `(..., text_hidden_size)` in the aligner's dtype."""
-        return self.projector(hidden_states.to(self.router.weight.dtype))
+        return self.projector(hidden_states.to(self.dtype))
 
 
 @dataclass
@@ -186,7 +208,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return model
 
     def _init_weights(self, module):
-        if isinstance(module, SteerMoEAligner):
+        if isinstance(module, SteerMoEAligner) and module.steered_layers:
             init.normal_(module.steering_vectors, std=0.01)
             init.constant_(module.layer_scales, self.config.steering_scale)
         elif isinstance(module, nn.Linear):
@@ -272,7 +294,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 )
             else:
                 hidden_states, logits = self._steered_layer(hidden_states, attention_mask, layer_idx)
-            if output_router_logits:
+            if output_router_logits and logits is not None:
                 router_logits.append(logits[frame_mask])
 
         hidden_states, token_mask = self.aligner.pool(hidden_states, frame_mask)

@@ -76,6 +76,10 @@ class ModelArguments:
     adapter: str | None = field(
         default=None, metadata={"help": "A saved SteerMoE adapter (folder or Hub id) to evaluate or continue from."}
     )
+    aligner_type: str = field(
+        default="layerwise", metadata={"help": "layerwise, per_layer_router, post_encoder or linear."}
+    )
+    steered_layers: list[int] | None = field(default=None, metadata={"help": "Encoder layers to steer (default all)."})
     num_experts: int = field(default=8)
     steering_scale: float = field(default=0.1)
     pooling_type: str = field(default="max", metadata={"help": "max, avg or none."})
@@ -415,11 +419,14 @@ class SteerMoETrainer(Trainer):
     def steering_diagnostics(self) -> dict:
         """Per-layer scale, expert-usage entropy (nats; log E is uniform) and most-used expert since the last log."""
         aligner = self.accelerator.unwrap_model(self.model).aligner
-        logs = {f"steer/scale_l{i}": float(s) for i, s in enumerate(aligner.layer_scales.detach().cpu())}
+        if not aligner.steered_layers:
+            return {}
+        scales = aligner.layer_scales.detach().cpu().tolist()
+        logs = {f"steer/scale_l{layer}": scale for layer, scale in zip(aligner.steered_layers, scales)}
         if self._usage is not None:
             usage = self._usage / self._usage.sum(-1, keepdim=True)
             entropy = -(usage * usage.clamp_min(1e-12).log()).sum(-1)
-            for layer, (value, top) in enumerate(zip(entropy.tolist(), usage.argmax(-1).tolist())):
+            for layer, value, top in zip(aligner.steered_layers, entropy.tolist(), usage.argmax(-1).tolist()):
                 logs[f"steer/usage_entropy_l{layer}"] = round(value, 4)
                 logs[f"steer/top_expert_l{layer}"] = top
             self._usage = None
@@ -519,6 +526,8 @@ def build_model_and_processor(model_args: ModelArguments):
         audio_model_revision=model_args.audio_model_revision,
         text_model_id=model_args.text_model_id,
         text_model_revision=model_args.text_model_revision,
+        aligner_type=model_args.aligner_type,
+        steered_layers=model_args.steered_layers,
         num_experts=model_args.num_experts,
         steering_scale=model_args.steering_scale,
         pooling_type=pooling_type,
