@@ -52,6 +52,16 @@ class SteerMoEConfig(PreTrainedConfig):
         pooling_type (`str`, *optional*, defaults to `"max"`): `"max"`, `"avg"` or `None` (no temporal pooling).
         pooling_kernel_size (`int`, *optional*, defaults to 4): Pooling kernel and stride (50 Hz -> 12.5 Hz).
         projector_type (`str`, *optional*, defaults to `"linear"`): `"linear"` or `"mlp"` (Linear-GELU-Linear).
+        encoder_lora_rank (`int`, *optional*, defaults to 0): LoRA rank on the encoder's attention and FFN (the
+            paper's "LoRA-tuned encoder" baseline, through peft); 0 is off.
+        encoder_lora_alpha (`float`, *optional*, defaults to 16): Its scaling numerator.
+        encoder_lora_target_modules (`list[str]`, *optional*): Encoder modules it adapts.
+        lora_rank (`int`, *optional*, defaults to 0): LoRA rank on the LLM; 0 (off) keeps the LLM exactly frozen.
+            On, it breaks the promise that text-only use equals the base LLM, so text-only calls run with the LLM
+            adapter disabled unless `lora_for_text_only` is set.
+        lora_alpha (`float`, *optional*, defaults to 16): Its scaling numerator.
+        lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`): LLM modules it adapts.
+        lora_for_text_only (`bool`, *optional*, defaults to `False`): Keep the LLM adapter on without audio.
         audio_token (`str`, *optional*, defaults to `"<|audio|>"`): The audio placeholder token.
         audio_token_id (`int`, *optional*): Its id in the processor's tokenizer (`processor.audio_token_id`).
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the router and projector init.
@@ -83,6 +93,13 @@ class SteerMoEConfig(PreTrainedConfig):
     pooling_type: str | None = "max"
     pooling_kernel_size: int = 4
     projector_type: str = "linear"
+    encoder_lora_rank: int = 0
+    encoder_lora_alpha: float = 16.0
+    encoder_lora_target_modules: list[str] | None = None
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_target_modules: list[str] | None = None
+    lora_for_text_only: bool = False
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
     initializer_range: float = 0.02
@@ -106,6 +123,8 @@ class SteerMoEConfig(PreTrainedConfig):
             bad = [i for i in self.steered_layers if not 0 <= i < (num_layers or 10**9)]
             if bad or len(set(self.steered_layers)) != len(self.steered_layers) or not self.steered_layers:
                 raise ValueError(f"steered_layers must be distinct indices of the {num_layers} encoder layers, got {self.steered_layers}")
+        if self.encoder_lora_rank < 0 or self.lora_rank < 0:
+            raise ValueError("LoRA ranks must be >= 0 (0 turns LoRA off)")
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.pooling_type is not None and self.pooling_kernel_size < 1:

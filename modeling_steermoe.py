@@ -2,6 +2,7 @@
 """SteerMoE: a frozen audio encoder steered layer by layer by a mixture of steering vectors, projected into a frozen
 decoder-only LLM."""
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass
@@ -30,6 +31,23 @@ logger = logging.get_logger(__name__)
 
 ADAPTER_WEIGHTS_NAME = "model.safetensors"
 ADAPTER_PREFIXES = ("aligner.",)
+LORA_KEY = "lora_"
+ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+LLM_LORA_TARGETS = ["q_proj", "v_proj"]
+
+
+def _is_adapter_key(key: str) -> bool:
+    return key.startswith(ADAPTER_PREFIXES) or LORA_KEY in key
+
+
+def _add_lora(module: nn.Module, rank: int, alpha: float, target_modules: list[str]) -> None:
+    """Inject a peft LoRA adapter named "default" into `module` in place (its keys gain `lora_A/B.default`)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as error:
+        raise ImportError("LoRA options need peft: pip install peft") from error
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0)
+    inject_adapter_in_model(lora, module, adapter_name="default")
 
 
 class SteerMoEWhisperEncoder(WhisperEncoder):
@@ -167,6 +185,13 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             raise ValueError(f"Unsupported audio encoder type {config.audio_config.model_type!r}; expected 'whisper'.")
         self.audio_encoder = self._build_audio_encoder(config, backbone_kwargs)
         self.language_model = self._build_language_model(config, backbone_kwargs)
+        if config.encoder_lora_rank:
+            targets = config.encoder_lora_target_modules or ENCODER_LORA_TARGETS
+            _add_lora(self.audio_encoder, config.encoder_lora_rank, config.encoder_lora_alpha, targets)
+        if config.lora_rank:
+            targets = config.lora_target_modules or LLM_LORA_TARGETS
+            _add_lora(self.language_model, config.lora_rank, config.lora_alpha, targets)
+        self._llm_lora_layers = [m for m in self.language_model.modules() if hasattr(m, "lora_A")]
         config.audio_config = self.audio_encoder.config
         config.text_config = self.language_model.config
         self.aligner = SteerMoEAligner(config)
@@ -175,7 +200,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.freeze_backbones()
         self.generation_config = _asr_generation_config(self.language_model.generation_config)
         self.gradient_checkpointing = False
-        self._keys_to_ignore_on_save = {key for key in self.state_dict() if not key.startswith(ADAPTER_PREFIXES)}
+        self._keys_to_ignore_on_save = {key for key in self.state_dict() if not _is_adapter_key(key)}
 
     @staticmethod
     def _build_audio_encoder(config, backbone_kwargs):
@@ -216,14 +241,15 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             init.zeros_(module.bias)
 
     def freeze_backbones(self):
-        """Freeze the encoder and the LLM (no gradients, eval mode); the aligner stays trainable."""
+        """Freeze the encoder and the LLM (no gradients, eval mode); the aligner and any LoRA stay trainable."""
         for backbone in (self.audio_encoder, self.language_model):
-            backbone.requires_grad_(False)
+            for name, param in backbone.named_parameters():
+                param.requires_grad_(LORA_KEY in name)
             backbone.eval()
         self.aligner.requires_grad_(True)
 
     def train(self, mode: bool = True):
-        """Switch the aligner to `mode`; the frozen backbones always stay in eval mode (no dropout)."""
+        """Switch the aligner to `mode`; the backbones (and their LoRA, dropout 0) always stay in eval mode."""
         super().train(mode)
         self.audio_encoder.eval()
         self.language_model.eval()
@@ -365,15 +391,31 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             [`SteerMoECausalLMOutputWithPast`]: the LLM's output (loss is its shifted cross-entropy over `labels`).
         """
         router_logits = None
-        if input_features is not None and inputs_embeds is None:
+        text_only = input_features is None
+        if not text_only and inputs_embeds is None:
             inputs_embeds, router_logits = self._merge_audio_into_embeddings(
                 input_ids, input_features, feature_attention_mask, output_router_logits
             )
             input_ids = None
-        outputs = self.language_model(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
-        )
+        with self._llm_lora_enabled(not text_only or self.config.lora_for_text_only):
+            outputs = self.language_model(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
+            )
         return SteerMoECausalLMOutputWithPast(**outputs, router_logits=router_logits)
+
+    @contextlib.contextmanager
+    def _llm_lora_enabled(self, enabled: bool):
+        """Run the LLM with its LoRA layers on or off (a no-op without LLM LoRA)."""
+        if enabled or not self._llm_lora_layers:
+            yield
+            return
+        for layer in self._llm_lora_layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in self._llm_lora_layers:
+                layer.enable_adapters(True)
 
     @torch.no_grad()
     def generate(
@@ -401,13 +443,14 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         else:
             inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
             inputs = {"inputs_embeds": inputs_embeds}
-        return self.language_model.generate(
-            **inputs, attention_mask=attention_mask, generation_config=generation_config, **kwargs
-        )
+        with self._llm_lora_enabled(input_features is not None or self.config.lora_for_text_only):
+            return self.language_model.generate(
+                **inputs, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+            )
 
     def _adapter_state_dict(self, state_dict: dict | None = None) -> dict:
         state_dict = self.state_dict() if state_dict is None else state_dict
-        return {key: value for key, value in state_dict.items() if key.startswith(ADAPTER_PREFIXES)}
+        return {key: value for key, value in state_dict.items() if _is_adapter_key(key)}
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """Save `config.json`, `generation_config.json`, the code files and the aligner weights only."""

@@ -81,6 +81,10 @@ class ModelArguments:
     )
     steered_layers: list[int] | None = field(default=None, metadata={"help": "Encoder layers to steer (default all)."})
     num_experts: int = field(default=8)
+    encoder_lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the encoder (baseline); 0 is off."})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the LLM; 0 (off) keeps the LLM exactly frozen."})
+    lora_alpha: float = field(default=16.0)
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "LLM modules for LoRA."})
     steering_scale: float = field(default=0.1)
     pooling_type: str = field(default="max", metadata={"help": "max, avg or none."})
     pooling_kernel_size: int = field(default=4)
@@ -529,6 +533,10 @@ def build_model_and_processor(model_args: ModelArguments):
         aligner_type=model_args.aligner_type,
         steered_layers=model_args.steered_layers,
         num_experts=model_args.num_experts,
+        encoder_lora_rank=model_args.encoder_lora_rank,
+        lora_rank=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,
+        lora_target_modules=model_args.lora_target_modules,
         steering_scale=model_args.steering_scale,
         pooling_type=pooling_type,
         pooling_kernel_size=model_args.pooling_kernel_size,
