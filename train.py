@@ -618,6 +618,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
     report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
     report["training_args"] = {key: getattr(training_args, key) for key in RECORDED_TRAINING_ARGS}
+    report["peak_memory_mb"] = peak_memory_mb()
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
@@ -625,6 +626,16 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         if push_to_hub:
             trainer.push_to_hub()
     return report
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory, in MB."""
+    import resource
+
+    peaks = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peaks["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks
 
 
 def summarize(report: dict) -> str:
