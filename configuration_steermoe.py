@@ -12,17 +12,25 @@ POOLING_TYPES = ("max", "avg", None)
 PROJECTOR_TYPES = ("linear", "mlp")
 
 
-def get_num_audio_tokens(num_feature_frames: int, pooling_kernel_size: int) -> int:
-    """Number of LLM audio tokens produced by one encoder window of `num_feature_frames` mel frames.
+AUDIO_ENCODER_TYPES = ("whisper", "hubert", "wavlm", "wav2vec2", "wav2vec2-conformer")
+WHISPER_CONV_LAYERS = ((3, 1, 1), (3, 2, 1))
 
-    Whisper's conv stem halves the frame rate (stride 2, padding 1), then pooling with `kernel = stride =
-    pooling_kernel_size` (1 means no pooling) keeps partial last windows (`ceil`), so no audio is dropped.
-    The processor writes this many placeholder tokens; the model produces exactly this many frames.
+
+def get_num_audio_tokens(
+    num_input_frames: int, pooling_kernel_size: int, conv_layers: tuple = WHISPER_CONV_LAYERS
+) -> int:
+    """Number of LLM audio tokens produced by one encoder window of `num_input_frames` inputs (mel frames for
+    Whisper, samples for wav2vec2-style encoders).
+
+    Each `(kernel, stride, padding)` of the encoder's conv stem maps `n -> (n + 2 * padding - kernel) // stride + 1`
+    (Whisper: 100 mel frames/s -> 50 Hz), then pooling with `kernel = stride = pooling_kernel_size` (1 means no
+    pooling) keeps partial last windows (`ceil`), so no audio is dropped. The processor writes this many placeholder
+    tokens; the model produces exactly this many frames.
     """
-    if num_feature_frames <= 0:
-        return 0
-    encoder_frames = (num_feature_frames - 1) // 2 + 1
-    return math.ceil(encoder_frames / pooling_kernel_size)
+    frames = num_input_frames
+    for kernel, stride, padding in conv_layers:
+        frames = (frames + 2 * padding - kernel) // stride + 1 if frames > 0 else 0
+    return math.ceil(max(frames, 0) / pooling_kernel_size)
 
 
 class SteerMoEConfig(PreTrainedConfig):
@@ -119,10 +127,14 @@ class SteerMoEConfig(PreTrainedConfig):
         if self.steered_layers is not None:
             if self.aligner_type not in ("layerwise", "per_layer_router"):
                 raise ValueError(f"steered_layers applies to layerwise and per_layer_router, not {self.aligner_type!r}")
-            num_layers = getattr(self.audio_config, "encoder_layers", None)
+            num_layers = self.audio_num_layers if self.audio_config is not None else None
             bad = [i for i in self.steered_layers if not 0 <= i < (num_layers or 10**9)]
             if bad or len(set(self.steered_layers)) != len(self.steered_layers) or not self.steered_layers:
                 raise ValueError(f"steered_layers must be distinct indices of the {num_layers} encoder layers, got {self.steered_layers}")
+        if self.audio_config is not None and self.audio_config.model_type not in AUDIO_ENCODER_TYPES:
+            raise ValueError(
+                f"Unsupported audio encoder type {self.audio_config.model_type!r}; supported: {AUDIO_ENCODER_TYPES}"
+            )
         if self.encoder_lora_rank < 0 or self.lora_rank < 0:
             raise ValueError("LoRA ranks must be >= 0 (0 turns LoRA off)")
         if self.num_experts < 1:
@@ -131,9 +143,26 @@ class SteerMoEConfig(PreTrainedConfig):
             raise ValueError(f"pooling_kernel_size must be >= 1, got {self.pooling_kernel_size}")
 
     @property
+    def audio_hidden_size(self) -> int:
+        """Width of the audio encoder's hidden states."""
+        return getattr(self.audio_config, "d_model", None) or self.audio_config.hidden_size
+
+    @property
+    def audio_num_layers(self) -> int:
+        """Number of transformer layers of the audio encoder."""
+        return getattr(self.audio_config, "encoder_layers", None) or self.audio_config.num_hidden_layers
+
+    @property
+    def audio_conv_layers(self) -> tuple[tuple[int, int, int], ...]:
+        """`(kernel, stride, padding)` of each layer of the encoder's conv stem, for `get_num_audio_tokens`."""
+        if self.audio_config.model_type == "whisper":
+            return WHISPER_CONV_LAYERS
+        return tuple((k, s, 0) for k, s in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride))
+
+    @property
     def steered_layer_indices(self) -> tuple[int, ...]:
         """The encoder layers after which the aligner steers (empty for the linear baseline)."""
-        num_layers = self.audio_config.encoder_layers
+        num_layers = self.audio_num_layers
         if self.aligner_type == "linear":
             return ()
         if self.aligner_type == "post_encoder":

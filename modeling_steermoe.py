@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -31,6 +31,7 @@ logger = logging.get_logger(__name__)
 
 ADAPTER_WEIGHTS_NAME = "model.safetensors"
 ADAPTER_PREFIXES = ("aligner.",)
+_ENCODER_PASSES = {"whisper": "_whisper_encoder_pass"}  # model_type -> encoder pass; others use the hooked pass
 LORA_KEY = "lora_"
 ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 LLM_LORA_TARGETS = ["q_proj", "v_proj"]
@@ -73,7 +74,7 @@ class SteerMoEAligner(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        audio_hidden_size = config.audio_config.d_model
+        audio_hidden_size = config.audio_hidden_size
         text_hidden_size = config.text_config.hidden_size
         self.steered_layers = config.steered_layer_indices
         self.num_layers = len(self.steered_layers)
@@ -181,8 +182,6 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config, **backbone_kwargs):
         super().__init__(config)
-        if config.audio_config.model_type != "whisper":
-            raise ValueError(f"Unsupported audio encoder type {config.audio_config.model_type!r}; expected 'whisper'.")
         self.audio_encoder = self._build_audio_encoder(config, backbone_kwargs)
         self.language_model = self._build_language_model(config, backbone_kwargs)
         if config.encoder_lora_rank:
@@ -196,7 +195,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         config.text_config = self.language_model.config
         self.aligner = SteerMoEAligner(config)
         self.post_init()
-        self.aligner.to(self.audio_encoder.conv1.weight.device)
+        self.aligner.to(next(self.audio_encoder.parameters()).device)
         self.freeze_backbones()
         self.generation_config = _asr_generation_config(self.language_model.generation_config)
         self.gradient_checkpointing = False
@@ -204,16 +203,21 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _build_audio_encoder(config, backbone_kwargs):
+        """Whisper: the encoder half only; wav2vec2-style families: the base model (`AutoModel`). Layerdrop off."""
+        whisper = config.audio_config.model_type == "whisper"
+        no_layerdrop = {"encoder_layerdrop": 0.0} if whisper else {"layerdrop": 0.0}
         if config.audio_model_id is None:
             audio_config = copy.deepcopy(config.audio_config)
-            audio_config.encoder_layerdrop = 0.0
-            return SteerMoEWhisperEncoder(audio_config)
-        encoder, info = SteerMoEWhisperEncoder.from_pretrained(
+            audio_config.update(no_layerdrop)
+            return SteerMoEWhisperEncoder(audio_config) if whisper else AutoModel.from_config(audio_config)
+        encoder_class = SteerMoEWhisperEncoder if whisper else AutoModel
+        key_mapping = {"key_mapping": SteerMoEWhisperEncoder._checkpoint_key_mapping} if whisper else {}
+        encoder, info = encoder_class.from_pretrained(
             config.audio_model_id,
             revision=config.audio_model_revision,
-            key_mapping=SteerMoEWhisperEncoder._checkpoint_key_mapping,
-            encoder_layerdrop=0.0,
             output_loading_info=True,
+            **key_mapping,
+            **no_layerdrop,
             **backbone_kwargs,
         )
         _raise_on_missing_backbone_weights("audio", config.audio_model_id, info)
@@ -281,15 +285,60 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         feature_attention_mask: torch.Tensor | None,
         output_router_logits: bool = False,
     ):
-        """Steered encoder pass.
+        """Steered encoder pass, then pooling and projection.
 
         Args:
-            input_features: `(windows, num_mel_bins, frames)` log-mel features, each window at most 30 s.
-            feature_attention_mask: `(windows, frames)`, 1 on real frames; `None` means all frames are real.
+            input_features: `(windows, num_mel_bins, frames)` log-mel features (Whisper) or `(windows, samples)`
+                waveforms (wav2vec2-style encoders), each window at most 30 s.
+            feature_attention_mask: `(windows, frames or samples)`, 1 on real inputs; `None` means all are real.
         Returns:
             audio embeddings `(windows, tokens, text_hidden_size)`, their bool mask `(windows, tokens)`, and with
-            `output_router_logits` a tuple of each layer's router logits on the real frames, `(frames, experts)`.
+            `output_router_logits` a tuple of each steered layer's router logits on the real frames, `(frames, E)`.
         """
+        if feature_attention_mask is None:
+            feature_attention_mask = torch.ones(input_features.shape[:1] + input_features.shape[-1:])
+        encoder_pass = getattr(self, _ENCODER_PASSES.get(self.config.audio_config.model_type, "_hooked_encoder_pass"))
+        hidden_states, frame_mask, router_logits, final_norm = encoder_pass(input_features, feature_attention_mask)
+        hidden_states, token_mask = self.aligner.pool(hidden_states, frame_mask)
+        if final_norm is not None:
+            hidden_states = final_norm(hidden_states)
+        audio_embeds = self.aligner.project(hidden_states).masked_fill(~token_mask[..., None], 0.0)
+        router_logits = tuple(logits[frame_mask] for logits in router_logits) if output_router_logits else None
+        return audio_embeds, token_mask, router_logits
+
+    def _hooked_encoder_pass(self, input_values: torch.Tensor, sample_mask: torch.Tensor):
+        """A wav2vec2-style encoder's own forward, with the steering applied to each layer's output by forward
+        hooks (its stem, positional convolution, masking and final norm stay the library's). Returns the hidden
+        states `(windows, frames, d)`, their bool mask, each steered layer's router logits, and no extra norm."""
+        encoder = self.audio_encoder
+        router_logits = []
+
+        def steer_output(layer_idx):
+            def hook(module, args, output):
+                hidden = output[0] if isinstance(output, tuple) else output
+                steered, logits = self.aligner.steer(hidden, layer_idx)
+                if logits is not None:
+                    router_logits.append(logits)
+                return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+            return hook
+
+        handles = [layer.register_forward_hook(steer_output(i)) for i, layer in enumerate(encoder.encoder.layers)]
+        try:
+            parameter = next(encoder.parameters())
+            input_values = input_values.to(dtype=parameter.dtype, device=parameter.device)
+            sample_mask = sample_mask.to(device=parameter.device, dtype=torch.long)
+            hidden_states = encoder(input_values, attention_mask=sample_mask).last_hidden_state
+        finally:
+            for handle in handles:
+                handle.remove()
+        lengths = encoder._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        frame_mask = torch.arange(hidden_states.shape[1], device=hidden_states.device) < lengths[:, None]
+        return hidden_states, frame_mask, router_logits, None
+
+    def _whisper_encoder_pass(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor):
+        """Whisper's stem on the real length (positional table sliced, padding masked), then each layer followed
+        by its steering step; the final layer norm is returned to run after pooling."""
         encoder = self.audio_encoder
         num_frames = input_features.shape[-1]
         max_frames = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
@@ -298,8 +347,6 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"An audio window has {num_frames} feature frames but the encoder takes at most {max_frames} "
                 "(30 s); split longer audio into windows with the SteerMoEProcessor."
             )
-        if feature_attention_mask is None:
-            feature_attention_mask = torch.ones(input_features.shape[0], num_frames, device=input_features.device)
         input_features = input_features.to(dtype=encoder.conv1.weight.dtype, device=encoder.conv1.weight.device)
         hidden_states = nn.functional.gelu(encoder.conv1(input_features))
         hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
@@ -320,13 +367,9 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 )
             else:
                 hidden_states, logits = self._steered_layer(hidden_states, attention_mask, layer_idx)
-            if output_router_logits and logits is not None:
-                router_logits.append(logits[frame_mask])
-
-        hidden_states, token_mask = self.aligner.pool(hidden_states, frame_mask)
-        hidden_states = encoder.layer_norm(hidden_states)
-        audio_embeds = self.aligner.project(hidden_states).masked_fill(~token_mask[..., None], 0.0)
-        return audio_embeds, token_mask, tuple(router_logits) if output_router_logits else None
+            if logits is not None:
+                router_logits.append(logits)
+        return hidden_states, frame_mask, router_logits, encoder.layer_norm
 
     def get_audio_features(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
@@ -571,7 +614,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return (
             f"The adapter in {source} was trained for audio encoder {saved.get('audio_model_id')!r} + LLM "
             f"{saved.get('text_model_id')!r}, but this model is built on audio encoder {self.config.audio_model_id!r} "
-            f"(d_model={self.config.audio_config.d_model}, layers={self.config.audio_config.encoder_layers}) + LLM "
+            f"(width={self.config.audio_hidden_size}, layers={self.config.audio_num_layers}) + LLM "
             f"{self.config.text_model_id!r} (hidden_size={self.config.text_config.hidden_size}); "
             f"shapes differ: {shapes}."
         )
