@@ -32,8 +32,10 @@ logger = logging.get_logger(__name__)
 ADAPTER_WEIGHTS_NAME = "model.safetensors"
 ADAPTER_PREFIXES = ("aligner.",)
 _ENCODER_PASSES = {"whisper": "_whisper_encoder_pass"}  # model_type -> encoder pass; others use the hooked pass
+# Encoders whose convolution modules mix padding into real frames: their windows are encoded one by one, unpadded.
+_ENCODERS_LEAKING_PADDING = {"wav2vec2-conformer"}
 LORA_KEY = "lora_"
-ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "intermediate_dense", "output_dense"]
 LLM_LORA_TARGETS = ["q_proj", "v_proj"]
 
 
@@ -310,6 +312,21 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """A wav2vec2-style encoder's own forward, with the steering applied to each layer's output by forward
         hooks (its stem, positional convolution, masking and final norm stay the library's). Returns the hidden
         states `(windows, frames, d)`, their bool mask, each steered layer's router logits, and no extra norm."""
+        lengths = sample_mask.sum(-1)
+        padded = bool((lengths < sample_mask.shape[-1]).any())
+        if padded and self.config.audio_config.model_type in _ENCODERS_LEAKING_PADDING:
+            passes = [
+                self._hooked_encoder_pass(input_values[i : i + 1, : int(n)], sample_mask[i : i + 1, : int(n)])
+                for i, n in enumerate(lengths.tolist())
+            ]
+            frames = max(hidden.shape[1] for hidden, *_ in passes)
+            hidden_states = torch.cat([nn.functional.pad(h, (0, 0, 0, frames - h.shape[1])) for h, *_ in passes])
+            frame_mask = torch.cat([nn.functional.pad(m, (0, frames - m.shape[1])) for _, m, *_ in passes])
+            router_logits = [
+                torch.cat([nn.functional.pad(p[2][k], (0, 0, 0, frames - p[2][k].shape[1])) for p in passes])
+                for k in range(len(passes[0][2]))
+            ]
+            return hidden_states, frame_mask, router_logits, None
         encoder = self.audio_encoder
         router_logits = []
 

@@ -11,9 +11,9 @@ from transformers.tokenization_utils_base import AddedToken
 
 
 try:
-    from .configuration_steermoe import get_num_audio_tokens
+    from .configuration_steermoe import WHISPER_CONV_LAYERS, get_num_audio_tokens
 except ImportError:
-    from configuration_steermoe import get_num_audio_tokens
+    from configuration_steermoe import WHISPER_CONV_LAYERS, get_num_audio_tokens
 
 try:
     import soxr
@@ -28,6 +28,7 @@ except ImportError:
 
 DEFAULT_TRANSCRIPTION_PROMPT = "Transcribe the audio."
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "fr": "French", "de": "German", "es": "Spanish", "ja": "Japanese"}
+WINDOW_SECONDS = 30
 MIN_SAMPLING_RATE = 1_000
 MAX_SAMPLING_RATE = 768_000
 MAX_CHANNELS = 64
@@ -95,6 +96,8 @@ class SteerMoEProcessor(ProcessorMixin):
         audio_token (`str`, *optional*, defaults to `"<|audio|>"`): The audio placeholder token.
         pooling_kernel_size (`int`, *optional*, defaults to 4): Encoder frames per audio token; must equal the model
             config's `audio_frames_per_token`.
+        conv_layers (`list`, *optional*): `(kernel, stride, padding)` of the encoder's conv stem, the model config's
+            `audio_conv_layers`; Whisper's by default.
         pad_to_full_window (`bool`, *optional*, defaults to `False`): Pad every clip to a 30 s window (Whisper's
             training condition, every frame passed on) instead of encoding only its real length.
         chat_template (`str`, *optional*): Defaults to the tokenizer's.
@@ -106,6 +109,7 @@ class SteerMoEProcessor(ProcessorMixin):
         tokenizer=None,
         audio_token="<|audio|>",
         pooling_kernel_size=4,
+        conv_layers=None,
         pad_to_full_window=False,
         chat_template=None,
     ):
@@ -117,6 +121,7 @@ class SteerMoEProcessor(ProcessorMixin):
         self.audio_token = audio_token
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         self.pooling_kernel_size = pooling_kernel_size
+        self.conv_layers = [list(layer) for layer in (conv_layers or WHISPER_CONV_LAYERS)]
         self.pad_to_full_window = pad_to_full_window
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
@@ -125,19 +130,24 @@ class SteerMoEProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "input_features", "feature_attention_mask"]
 
     def _window_features(self, clip: np.ndarray) -> list[np.ndarray]:
-        """Log-mel features `(num_mel_bins, frames)` of each 30 s window of one 16 kHz mono clip."""
+        """The features of each 30 s window of one mono clip at the extractor's rate: log-mel `(num_mel_bins,
+        frames)` for Whisper, the normalised waveform `(samples,)` for wav2vec2-style extractors."""
         extractor = self.feature_extractor
-        window = extractor.n_samples
-        min_length = extractor.n_fft
+        log_mel = "input_features" in extractor.model_input_names
+        window = WINDOW_SECONDS * extractor.sampling_rate
+        if log_mel:
+            min_length = extractor.n_fft
+        else:
+            min_length = 1
+            for kernel, stride, _ in reversed(self.conv_layers):
+                min_length = (min_length - 1) * stride + kernel
         features = []
         for start in range(0, len(clip), window):
             piece = clip[start : start + window]
             target = window if self.pad_to_full_window else max(len(piece), min_length)
             piece = np.pad(piece, (0, target - len(piece)))
-            feats = extractor(
-                piece, sampling_rate=extractor.sampling_rate, padding="do_not_pad", return_tensors="np"
-            ).input_features[0]
-            features.append(feats)
+            output = extractor(piece, sampling_rate=extractor.sampling_rate, padding="do_not_pad", return_tensors="np")
+            features.append((output.input_features if log_mel else output.input_values)[0])
         return features
 
     def _prepare_audio(self, audio, sampling_rate):
@@ -157,12 +167,15 @@ class SteerMoEProcessor(ProcessorMixin):
                 clip = soxr.resample(clip, int(rate), target_rate).astype(np.float32)
             clip_windows = self._window_features(clip)
             windows.extend(clip_windows)
-            token_counts.append(sum(get_num_audio_tokens(w.shape[-1], self.pooling_kernel_size) for w in clip_windows))
+            conv_layers = tuple(map(tuple, self.conv_layers))
+            token_counts.append(
+                sum(get_num_audio_tokens(w.shape[-1], self.pooling_kernel_size, conv_layers) for w in clip_windows)
+            )
         max_frames = max(w.shape[-1] for w in windows)
-        input_features = np.zeros((len(windows), windows[0].shape[0], max_frames), dtype=np.float32)
+        input_features = np.zeros((len(windows), *windows[0].shape[:-1], max_frames), dtype=np.float32)
         feature_attention_mask = np.zeros((len(windows), max_frames), dtype=np.int64)
         for index, window in enumerate(windows):
-            input_features[index, :, : window.shape[-1]] = window
+            input_features[index, ..., : window.shape[-1]] = window
             feature_attention_mask[index, : window.shape[-1]] = 1
         return torch.from_numpy(input_features), torch.from_numpy(feature_attention_mask), token_counts
 
@@ -179,7 +192,8 @@ class SteerMoEProcessor(ProcessorMixin):
                 EOS token, and returned as `labels` (-100 on the prompt, the audio and the padding).
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq_len)`, and with audio `input_features`
-            `(windows, num_mel_bins, frames)`, `feature_attention_mask` `(windows, frames)`, and `labels`.
+            `(windows, num_mel_bins, frames)` (Whisper) or `(windows, samples)` (wav2vec2-style extractors),
+            `feature_attention_mask` `(windows, frames or samples)`, and `labels`.
         """
         if text is None:
             raise ValueError("text is required: a prompt holding the audio token where the audio goes.")

@@ -546,6 +546,7 @@ def build_model_and_processor(model_args: ModelArguments):
         AutoFeatureExtractor.from_pretrained(model_args.audio_model_id, revision=model_args.audio_model_revision),
         AutoTokenizer.from_pretrained(model_args.text_model_id, revision=model_args.text_model_revision),
         pooling_kernel_size=config.audio_frames_per_token,
+        conv_layers=config.audio_conv_layers,
     )
     config.audio_token_id = processor.audio_token_id
     return SteerMoEForConditionalGeneration(config, dtype=dtype), processor

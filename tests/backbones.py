@@ -103,3 +103,26 @@ def save_qwen2(path: Path, hidden_size: int = 32, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+WAV2VEC2_FAMILIES = ("hubert", "wavlm", "wav2vec2-conformer")
+
+
+def save_wav2vec2_family(path: Path, model_type: str, seed: int = 0) -> Path:
+    """A tiny wav2vec2-style encoder (HuBERT, WavLM or the Conformer variant of wav2vec2) with its extractor."""
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        model_type,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_kernel=(10, 4), conv_stride=(5, 4), conv_bias=True,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer", do_stable_layer_norm=True, vocab_size=32,
+        conv_depthwise_kernel_size=7, num_buckets=16, max_bucket_distance=64,
+    )  # fmt: skip
+    AutoModel.from_config(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(path)
+    return path
