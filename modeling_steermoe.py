@@ -35,7 +35,15 @@ _ENCODER_PASSES = {"whisper": "_whisper_encoder_pass"}  # model_type -> encoder 
 # Encoders whose convolution modules mix padding into real frames: their windows are encoded one by one, unpadded.
 _ENCODERS_LEAKING_PADDING = {"wav2vec2-conformer"}
 LORA_KEY = "lora_"
-ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "intermediate_dense", "output_dense"]
+_FEED_FORWARD = ["intermediate_dense", "output_dense"]
+ENCODER_LORA_TARGETS = {  # attention and feed-forward projections of each encoder family
+    "whisper": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "hubert": ["q_proj", "k_proj", "v_proj", "out_proj", *_FEED_FORWARD],
+    "wav2vec2": ["q_proj", "k_proj", "v_proj", "out_proj", *_FEED_FORWARD],
+    "wav2vec2-conformer": ["linear_q", "linear_k", "linear_v", "linear_out", *_FEED_FORWARD],
+    # WavLM's attention passes its projection weights to F.multi_head_attention_forward, bypassing LoRA layers.
+    "wavlm": _FEED_FORWARD,
+}
 LLM_LORA_TARGETS = ["q_proj", "v_proj"]
 
 
@@ -187,7 +195,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.audio_encoder = self._build_audio_encoder(config, backbone_kwargs)
         self.language_model = self._build_language_model(config, backbone_kwargs)
         if config.encoder_lora_rank:
-            targets = config.encoder_lora_target_modules or ENCODER_LORA_TARGETS
+            targets = config.encoder_lora_target_modules or ENCODER_LORA_TARGETS[config.audio_config.model_type]
             _add_lora(self.audio_encoder, config.encoder_lora_rank, config.encoder_lora_alpha, targets)
         if config.lora_rank:
             targets = config.lora_target_modules or LLM_LORA_TARGETS
