@@ -125,6 +125,22 @@ class SteerMoEProcessor(ProcessorMixin):
         self.pad_to_full_window = pad_to_full_window
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "SteerMoEProcessor":
+        """A processor for a new model: the feature extractor of `config.audio_model_id`, the tokenizer of
+        `config.text_model_id` (at their revisions), and the encoder's conv stem and pooling from `config`.
+        Set `config.audio_token_id = processor.audio_token_id` before building the model."""
+        from transformers import AutoFeatureExtractor, AutoTokenizer
+
+        return cls(
+            AutoFeatureExtractor.from_pretrained(config.audio_model_id, revision=config.audio_model_revision),
+            AutoTokenizer.from_pretrained(config.text_model_id, revision=config.text_model_revision),
+            audio_token=config.audio_token,
+            pooling_kernel_size=config.audio_frames_per_token,
+            conv_layers=config.audio_conv_layers,
+            **kwargs,
+        )
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "input_features", "feature_attention_mask"]

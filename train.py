@@ -29,8 +29,6 @@ from datasets import Audio, IterableDataset, load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    AutoFeatureExtractor,
-    AutoTokenizer,
     HfArgumentParser,
     Seq2SeqTrainingArguments,
     Trainer,
@@ -542,12 +540,7 @@ def build_model_and_processor(model_args: ModelArguments):
         pooling_kernel_size=model_args.pooling_kernel_size,
         projector_type=model_args.projector_type,
     )
-    processor = SteerMoEProcessor(
-        AutoFeatureExtractor.from_pretrained(model_args.audio_model_id, revision=model_args.audio_model_revision),
-        AutoTokenizer.from_pretrained(model_args.text_model_id, revision=model_args.text_model_revision),
-        pooling_kernel_size=config.audio_frames_per_token,
-        conv_layers=config.audio_conv_layers,
-    )
+    processor = SteerMoEProcessor.from_config(config)
     config.audio_token_id = processor.audio_token_id
     return SteerMoEForConditionalGeneration(config, dtype=dtype), processor
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import speechlike
 from safetensors import safe_open
-from transformers import AutoFeatureExtractor, AutoModel, AutoProcessor, AutoTokenizer
+from transformers import AutoModel, AutoProcessor
 
 from backbones import WAV2VEC2_FAMILIES, save_wav2vec2_family
 from configuration_steermoe import SteerMoEConfig
@@ -19,15 +19,11 @@ def family_dir(request, tmp_path_factory):
 
 def build(family_dir, backbone_dirs, **config_kwargs):
     _, encoder_dir = family_dir
-    tokenizer = AutoTokenizer.from_pretrained(backbone_dirs[1])
-    probe = SteerMoEConfig(audio_model_id=str(encoder_dir), text_model_id=str(backbone_dirs[1]), **config_kwargs)
-    processor = SteerMoEProcessor(
-        AutoFeatureExtractor.from_pretrained(encoder_dir), tokenizer,
-        pooling_kernel_size=probe.audio_frames_per_token, conv_layers=probe.audio_conv_layers,
-    )  # fmt: skip
-    probe.audio_token_id = processor.audio_token_id
+    config = SteerMoEConfig(audio_model_id=str(encoder_dir), text_model_id=str(backbone_dirs[1]), **config_kwargs)
+    processor = SteerMoEProcessor.from_config(config)
+    config.audio_token_id = processor.audio_token_id
     torch.manual_seed(0)
-    return SteerMoEForConditionalGeneration(probe, dtype=torch.float32), processor
+    return SteerMoEForConditionalGeneration(config, dtype=torch.float32), processor
 
 
 def batch(processor, durations=(0.5, 0.8), targets=("the quick fox", "a lazy dog")):
@@ -121,3 +117,23 @@ def test_encoder_lora_baseline_on_the_family(family_dir, backbone_dirs):
     model.train()
     model(**batch(processor)).loss.backward()
     assert all(p.grad is not None for n, p in model.audio_encoder.named_parameters() if "lora_A" in n)
+
+
+def test_train_py_with_a_wav2vec2_style_encoder(family_dir, backbone_dirs, tmp_path):
+    import json
+
+    import soundfile
+
+    import train
+
+    soundfile.write(tmp_path / "a.wav", speechlike(0.6), 16000)
+    (tmp_path / "data.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "the quick fox"}) + "\n")
+    report = train.main([
+        "--audio_model_id", str(family_dir[1]), "--text_model_id", str(backbone_dirs[1]),
+        "--train_files", str(tmp_path / "data.jsonl"), "--eval_files", str(tmp_path / "data.jsonl"),
+        "--output_dir", str(tmp_path / "run"), "--do_train", "--do_eval", "--max_steps", "2",
+        "--report_to", "none", "--generation_max_new_tokens", "2",
+    ])  # fmt: skip
+    assert report["eval"]["eval_num_samples"] == 1
+    processor = AutoProcessor.from_pretrained(tmp_path / "run", trust_remote_code=True)
+    assert processor.conv_layers == [[10, 5, 0], [4, 4, 0]]
