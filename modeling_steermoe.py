@@ -116,23 +116,33 @@ class SteerMoEAligner(nn.Module):
         return next(self.projector.parameters()).dtype
 
     def router_logits(self, hidden_states: torch.Tensor, slot: int) -> torch.Tensor:
-        """Router logits of the `slot`-th steered layer, `(..., num_experts)`; only that layer's rows are computed."""
+        """Router logits of the `slot`-th steered layer, `(..., num_experts)`, in `hidden_states`' dtype; only that
+        layer's rows of the router are computed."""
         if hasattr(self, "routers"):
-            return self.routers[slot](hidden_states)
-        rows = slice(slot * self.num_experts, (slot + 1) * self.num_experts)
-        return nn.functional.linear(hidden_states, self.router.weight[rows], self.router.bias[rows])
+            weight, bias = self.routers[slot].weight, self.routers[slot].bias
+        else:
+            rows = slice(slot * self.num_experts, (slot + 1) * self.num_experts)
+            weight, bias = self.router.weight[rows], self.router.bias[rows]
+        dtype = hidden_states.dtype
+        return nn.functional.linear(hidden_states, weight.to(dtype), bias.to(dtype))
 
     def steer(self, hidden_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """After encoder layer `l` (steered slot `s`): `h + layer_scales[s] * sum_k softmax(router_s(h))_k *
-        steering_vectors[s, k]` for `h` of shape `(batch, frames, audio_hidden_size)`, computed in the aligner's
-        dtype and returned in `h`'s, with the router logits `(batch, frames, num_experts)`. Unsteered layers pass
-        `h` through (logits `None`)."""
+        steering_vectors[s, k]` for `h` of shape `(batch, frames, audio_hidden_size)`, with the router logits
+        `(batch, frames, num_experts)`; unsteered layers pass `h` through (logits `None`).
+
+        Only `(experts, d)`-sized tensors change dtype: the router and the scaled vectors are cast to `h`'s dtype,
+        the softmax runs in fp32, and the mix is added to `h` in one fused `addmm`."""
         slot = self._slots.get(layer_idx)
         if slot is None:
             return hidden_states, None
-        logits = self.router_logits(hidden_states.to(self.dtype), slot)
-        steering = logits.softmax(dim=-1) @ self.steering_vectors[slot]
-        return hidden_states + (self.layer_scales[slot] * steering).to(hidden_states.dtype), logits
+        dtype = hidden_states.dtype
+        logits = self.router_logits(hidden_states, slot)
+        gates = logits.float().softmax(dim=-1).to(dtype)
+        scaled_vectors = (self.layer_scales[slot] * self.steering_vectors[slot]).to(dtype)
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        steered = torch.addmm(flat, gates.reshape(-1, self.num_experts), scaled_vectors)
+        return steered.view_as(hidden_states), logits
 
     def pool(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked temporal pooling with kernel = stride; a partial last window is kept.

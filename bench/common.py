@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: model shapes with random weights, a timer, and table/JSON output."""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, WhisperConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configuration_steermoe import SteerMoEConfig  # noqa: E402
+from modeling_steermoe import SteerMoEForConditionalGeneration  # noqa: E402
+
+SIZES = {
+    # name: (whisper d_model, layers, heads, ffn, mel bins), (LLM hidden, layers, heads, kv heads, ffn, vocab)
+    "tiny": ((64, 2, 2, 256, 80), (64, 2, 4, 2, 256, 1000)),
+    "small": ((512, 6, 8, 2048, 80), (512, 8, 8, 2, 1536, 32000)),
+    "large": ((1280, 32, 20, 5120, 128), (3584, 28, 28, 4, 18944, 152064)),  # whisper-large-v3 + Qwen2.5-7B
+}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--output", default=None, help="JSON file (default: bench/results/<script>-<size>-<device>.json)")
+    return p
+
+
+def resolve_dtype(args) -> torch.dtype:
+    if args.dtype:
+        return getattr(torch, args.dtype)
+    return torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
+
+
+def model_config(size: str, **aligner_kwargs) -> SteerMoEConfig:
+    (d, layers, heads, ffn, mels), (hidden, llm_layers, llm_heads, kv, llm_ffn, vocab) = SIZES[size]
+    audio = WhisperConfig(d_model=d, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                          num_mel_bins=mels, decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=ffn)  # fmt: skip
+    text = Qwen2Config(hidden_size=hidden, num_hidden_layers=llm_layers, num_attention_heads=llm_heads,
+                       num_key_value_heads=kv, intermediate_size=llm_ffn, vocab_size=vocab,
+                       max_position_embeddings=32768, eos_token_id=1, pad_token_id=0)  # fmt: skip
+    return SteerMoEConfig(audio_config=audio.to_dict(), text_config=text.to_dict(), audio_token_id=vocab - 1,
+                          **aligner_kwargs)  # fmt: skip
+
+
+def build_model(size: str, device, dtype: torch.dtype, **aligner_kwargs) -> SteerMoEForConditionalGeneration:
+    """Random backbones in `dtype` on `device`, the aligner in fp32, as a loaded model would be."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = SteerMoEForConditionalGeneration(model_config(size, **aligner_kwargs))
+    model.audio_encoder.to(dtype)
+    model.language_model.to(dtype)
+    return model.eval()
+
+
+def synchronize(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fn, device, repeats: int, warmup: int) -> float:
+    """Median wall time of `fn()` in seconds, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine(device) -> str:
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def report(name: str, args, rows: list[dict], extra: dict | None = None) -> None:
+    """Print `rows` as a Markdown table and write them (with the machine and settings) as JSON."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    header = f"{name}: size={args.size}, device={args.device} ({machine(args.device)}), median of {args.repeats}"
+    sys.stdout.write(header + "\n" + "\n".join(lines) + "\n")
+    output = Path(args.output or ROOT / "bench" / "results" / f"{name}-{args.size}-{str(args.device).split(':')[0]}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(args.device), "args": vars(args), "rows": rows, **(extra or {})}
+    output.write_text(json.dumps(payload, indent=2, default=str))
