@@ -382,8 +382,11 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"An audio window has {num_frames} feature frames but the encoder takes at most {max_frames} "
                 "(30 s); split longer audio into windows with the SteerMoEProcessor."
             )
-        input_features = input_features.to(dtype=encoder.conv1.weight.dtype, device=encoder.conv1.weight.device)
-        hidden_states = nn.functional.gelu(encoder.conv1(input_features))
+        weight = encoder.conv1.weight
+        input_mask = feature_attention_mask.to(dtype=weight.dtype, device=weight.device)[:, None, :]
+        # Padding is zeroed before each conv so the last real frames see what they would see unpadded.
+        input_features = input_features.to(dtype=weight.dtype, device=weight.device) * input_mask
+        hidden_states = nn.functional.gelu(encoder.conv1(input_features)) * input_mask
         hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
         hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
 

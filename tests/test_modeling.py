@@ -76,8 +76,9 @@ def test_short_audio_is_not_padded_to_thirty_seconds(model, processor):
 
 
 def test_padding_in_a_batch_does_not_change_a_clip(model, processor):
-    alone = asr_inputs(processor, durations=(1.0,))
-    batch = asr_inputs(processor, durations=(1.0, 3.5))
+    alone = asr_inputs(processor, durations=(1.01,))
+    batch = asr_inputs(processor, durations=(1.01, 3.5))
+    assert int(alone["feature_attention_mask"].sum()) % 2 == 1
     single = model.get_audio_features(alone["input_features"], alone["feature_attention_mask"])
     batched = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
     torch.testing.assert_close(batched[0, : single.shape[1]], single[0], atol=1e-5, rtol=1e-5)
