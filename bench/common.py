@@ -32,7 +32,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--output", default=None, help="JSON file (default: bench/results/<script>-<size>-<device>.json)")
+    p.add_argument("--output_dir", default=str(ROOT / "bench" / "results"),
+                   help="Where each table's JSON goes, as <name>-<size>-<device>.json")  # fmt: skip
     return p
 
 
@@ -96,7 +97,7 @@ def report(name: str, args, rows: list[dict], extra: dict | None = None) -> None
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     header = f"{name}: size={args.size}, device={args.device} ({machine(args.device)}), median of {args.repeats}"
     sys.stdout.write(header + "\n" + "\n".join(lines) + "\n")
-    output = Path(args.output or ROOT / "bench" / "results" / f"{name}-{args.size}-{str(args.device).split(':')[0]}.json")
+    output = Path(args.output_dir) / f"{name}-{args.size}-{str(args.device).split(':')[0]}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(args.device), "args": vars(args), "rows": rows, **(extra or {})}
     output.write_text(json.dumps(payload, indent=2, default=str))

@@ -1,0 +1,95 @@
+"""Inference: time to first token and decode tokens/s of audio -> text generation against the bare LLM generating
+the same number of tokens from a text prompt of the same total length; and `from_pretrained` time and resident
+memory of the encoder-only load against loading the full Whisper checkpoint.
+
+    python bench/inference.py --size small --seconds 10 --new_tokens 64
+"""
+
+import copy
+import subprocess
+import sys
+import tempfile
+
+import torch
+from common import ROOT, build_model, measure, parser, report, resolve_dtype
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+LOAD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from transformers import WhisperForConditionalGeneration
+from modeling_steermoe import SteerMoEWhisperEncoder
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+before = rss_mb()
+start = time.perf_counter()
+if sys.argv[1] == "encoder":
+    model = SteerMoEWhisperEncoder.from_pretrained(sys.argv[2], key_mapping=SteerMoEWhisperEncoder._checkpoint_key_mapping)
+else:
+    model = WhisperForConditionalGeneration.from_pretrained(sys.argv[2])
+print(time.perf_counter() - start, rss_mb() - before)
+"""
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--new_tokens", type=int, default=64)
+    args = p.parse_args()
+    dtype = resolve_dtype(args)
+    model = build_model(args.size, args.device, dtype)
+    config = model.config
+    frames = int(args.seconds * 100)
+    audio_tokens = -(-((frames - 1) // 2 + 1) // config.audio_frames_per_token)
+    prompt = 16
+    vocab = config.text_config.vocab_size
+    input_ids = torch.randint(2, vocab - 1, (1, prompt + audio_tokens), device=args.device)
+    input_ids[:, 4 : 4 + audio_tokens] = config.audio_token_id
+    audio_inputs = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "input_features": torch.randn(1, config.audio_config.num_mel_bins, frames, device=args.device),
+    }
+    text_inputs = {"input_ids": torch.randint(2, vocab - 1, input_ids.shape, device=args.device)}
+    text_inputs["attention_mask"] = torch.ones_like(text_inputs["input_ids"])
+    llm = model.language_model
+
+    def run(inputs, new_tokens, audio):
+        """Greedy, exactly `new_tokens` tokens, with the same generation config (and so the same logits
+        processors) on both sides."""
+        config = copy.deepcopy(model.generation_config)
+        config.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        return model.generate(**inputs, generation_config=config) if audio else llm.generate(**inputs, generation_config=config)
+
+    rows = []
+    with torch.no_grad():
+        for name, inputs, audio in (("bare LLM, text prompt", text_inputs, False), ("SteerMoE, audio + prompt", audio_inputs, True)):
+            first = measure(lambda: run(inputs, 1, audio), args.device, args.repeats, args.warmup)
+            full = measure(lambda: run(inputs, args.new_tokens, audio), args.device, args.repeats, args.warmup)
+            rows.append({"generation": name, "time_to_first_token_s": first,
+                         "decode_tokens_per_s": (args.new_tokens - 1) / (full - first)})  # fmt: skip
+    for row in rows:
+        row["tokens_per_s_vs_bare_llm"] = row["decode_tokens_per_s"] / rows[0]["decode_tokens_per_s"]
+        row["ttft_vs_bare_llm"] = row["time_to_first_token_s"] / rows[0]["time_to_first_token_s"]
+
+    with tempfile.TemporaryDirectory() as folder:
+        (d, layers, heads, ffn, mels), _ = __import__("common").SIZES[args.size]
+        whisper = WhisperConfig(d_model=d, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+                                decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+                                num_mel_bins=mels, vocab_size=51866)  # fmt: skip
+        WhisperForConditionalGeneration(whisper).save_pretrained(folder)
+        loads = {}
+        for kind in ("encoder", "full"):
+            out = subprocess.run([sys.executable, "-c", LOAD.format(root=str(ROOT)), kind, folder],
+                                 check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+            loads[kind] = {"seconds": float(out[-2]), "peak_rss_mb": float(out[-1])}
+    report("inference", args, rows, {"audio_tokens": audio_tokens, "prompt_tokens": int(input_ids.shape[1])})
+    load_rows = [
+        {"load": label, "seconds": loads[kind]["seconds"], "added_rss_mb": loads[kind]["peak_rss_mb"],
+         "time_vs_full": loads[kind]["seconds"] / loads["full"]["seconds"]}
+        for kind, label in (("encoder", "encoder only (SteerMoE)"), ("full", "full Whisper checkpoint"))
+    ]  # fmt: skip
+    report("load", args, load_rows)
+
+if __name__ == "__main__":
+    main()

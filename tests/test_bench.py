@@ -1,0 +1,27 @@
+"""The benchmark scripts run at the tiny size and write their JSON (figures are not asserted: they are timings)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SCRIPTS = {
+    "encoder_overhead": ["--seconds", "2"],
+    "train_step": ["--seconds", "2", "--batch", "2", "--target_tokens", "4"],
+    "variable_length": ["--clips", "4", "--batch", "2"],
+    "inference": ["--seconds", "2", "--new_tokens", "4"],
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_runs_at_tiny_size(name, tmp_path):
+    command = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--size", "tiny", "--device", "cpu",
+               "--repeats", "1", "--warmup", "0", "--output_dir", str(tmp_path), *SCRIPTS[name]]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payloads = [json.loads(path.read_text()) for path in tmp_path.glob("*-tiny-cpu.json")]
+    assert payloads and all(p["rows"] and p["machine"] for p in payloads)
+    assert any(p["benchmark"] == name for p in payloads)
+    assert "|" in result.stdout
