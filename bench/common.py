@@ -43,8 +43,9 @@ def resolve_dtype(args) -> torch.dtype:
     return torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
 
 
-def model_config(size: str, **aligner_kwargs) -> SteerMoEConfig:
-    (d, layers, heads, ffn, mels), (hidden, llm_layers, llm_heads, kv, llm_ffn, vocab) = SIZES[size]
+def model_config(size: str, text_size: str | None = None, **aligner_kwargs) -> SteerMoEConfig:
+    (d, layers, heads, ffn, mels), _ = SIZES[size]
+    _, (hidden, llm_layers, llm_heads, kv, llm_ffn, vocab) = SIZES[text_size or size]
     audio = WhisperConfig(d_model=d, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=ffn,
                           num_mel_bins=mels, decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=ffn)  # fmt: skip
     text = Qwen2Config(hidden_size=hidden, num_hidden_layers=llm_layers, num_attention_heads=llm_heads,
@@ -54,11 +55,12 @@ def model_config(size: str, **aligner_kwargs) -> SteerMoEConfig:
                           **aligner_kwargs)  # fmt: skip
 
 
-def build_model(size: str, device, dtype: torch.dtype, **aligner_kwargs) -> SteerMoEForConditionalGeneration:
-    """Random backbones in `dtype` on `device`, the aligner in fp32, as a loaded model would be."""
+def build_model(size: str, device, dtype: torch.dtype, text_size: str | None = None, **aligner_kwargs):
+    """Random backbones in `dtype` on `device` (the LLM of `text_size` if given), the aligner in fp32, as a loaded
+    model would be."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = SteerMoEForConditionalGeneration(model_config(size, **aligner_kwargs))
+        model = SteerMoEForConditionalGeneration(model_config(size, text_size, **aligner_kwargs))
     model.audio_encoder.to(dtype)
     model.language_model.to(dtype)
     return model.eval()
