@@ -12,6 +12,7 @@ SCRIPTS = {
     "train_step": ["--seconds", "2", "--batch", "2", "--target_tokens", "4"],
     "variable_length": ["--clips", "4", "--batch", "2"],
     "inference": ["--seconds", "2", "--new_tokens", "4"],
+    "pipeline_rtf": ["--clips", "3", "--batch_sizes", "1", "2", "--new_tokens", "2"],
 }
 
 
