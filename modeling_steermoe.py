@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import cached_file, logging
+from transformers.utils import cached_file
 
 
 try:
@@ -26,8 +26,6 @@ except ImportError:
     from configuration_steermoe import SteerMoEConfig
     from pipeline_steermoe import SteerMoEASRPipeline
 
-
-logger = logging.get_logger(__name__)
 
 ADAPTER_WEIGHTS_NAME = "model.safetensors"
 ADAPTER_PREFIXES = ("aligner.",)

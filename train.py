@@ -11,8 +11,6 @@ Arguments are transformers' own `Seq2SeqTrainingArguments` plus the `ModelArgume
 import io
 import json
 import logging
-import math
-import os
 import signal
 import sys
 import time

@@ -8,7 +8,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 from common import build_model, parser, report, resolve_dtype, synchronize
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, pipeline
