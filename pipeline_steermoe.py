@@ -82,7 +82,7 @@ class SteerMoEASRPipeline(Pipeline):
             (model_inputs[key] if batched else [model_inputs[key]]) for key in ("audio", "sampling_rate", "prompt")
         )
         inputs = self.processor(text=prompts, audio=audio, sampling_rate=rates).to(self.model.device)
-        tokens = self.model.generate(**inputs, **(generate_kwargs or {}))
+        tokens = self.model.generate(**inputs, tokenizer=self.tokenizer, **(generate_kwargs or {}))
         return {"tokens": tokens}
 
     def postprocess(self, model_outputs):

@@ -129,7 +129,10 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
     generation_max_new_tokens: int = field(default=128)
     generation_stop_strings: list[str] | None = field(
         default=None,
-        metadata={"help": "Also stop generating at these strings (for LLMs that never emit their EOS token)."},
+        metadata={
+            "help": "Also stop generating at these strings (for LLMs that never emit their EOS token); saved in the "
+            "adapter's generation_config.json, so the pipeline and CLI stop there too."
+        },
     )
     remove_unused_columns: bool = field(default=False)
     ddp_find_unused_parameters: bool = field(default=False)
@@ -490,7 +493,6 @@ class SteerMoETrainer(Trainer):
                 **batch,
                 max_new_tokens=self.args.generation_max_new_tokens,
                 do_sample=False,
-                stop_strings=self.args.generation_stop_strings,
                 tokenizer=self.processing_class.tokenizer,
             )
             texts = self.processing_class.batch_decode(output, skip_special_tokens=True)
@@ -553,6 +555,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args)
+    if training_args.generation_stop_strings:
+        model.generation_config.stop_strings = list(training_args.generation_stop_strings)
     report = {"parameters": model.get_parameter_report(), "data": {}}
 
     train_dataset = eval_dataset = None

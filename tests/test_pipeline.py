@@ -129,3 +129,20 @@ def test_real_pair_pipeline_on_jfk(tmp_path):
     asr = pipeline("automatic-speech-recognition", model=str(tmp_path), trust_remote_code=True, dtype=torch.float32)
     result = asr(str(SHARED / "audio" / "jfk.flac"), max_new_tokens=12)
     assert set(result) == {"text"} and result["text"].strip()
+
+
+def test_stop_strings_saved_in_the_generation_config_apply_in_the_pipeline(model, processor, tmp_path):
+    with torch.no_grad():
+        model.aligner.projector.weight.normal_(std=0.5)
+    clip = speechlike(1.0, seed=7)
+    model.generation_config.update(max_new_tokens=12, min_new_tokens=None)
+    inputs = processor(text=processor.build_prompt("Transcribe the audio."), audio=clip, sampling_rate=16000)
+    tokens = model.generate(**inputs)[0].tolist()
+    pieces = [processor.decode([token]) for token in tokens]
+    index = next(i for i, piece in enumerate(pieces) if i > 0 and piece.strip().isalpha() and piece not in pieces[:i])
+    model.generation_config.stop_strings = [pieces[index]]
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path), trust_remote_code=True)
+    assert asr(clip)["text"] == processor.decode(tokens[: index + 1], skip_special_tokens=True).strip()
+    assert index + 1 < len(tokens)
