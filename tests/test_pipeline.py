@@ -139,7 +139,8 @@ def test_stop_strings_saved_in_the_generation_config_apply_in_the_pipeline(model
     inputs = processor(text=processor.build_prompt("Transcribe the audio."), audio=clip, sampling_rate=16000)
     tokens = model.generate(**inputs)[0].tolist()
     pieces = [processor.decode([token]) for token in tokens]
-    index = next(i for i, piece in enumerate(pieces) if i > 0 and piece.strip().isalpha() and piece not in pieces[:i])
+    printable = [i for i, piece in enumerate(pieces) if piece.strip() and piece.isprintable() and "\ufffd" not in piece]
+    index = next(i for i in printable if i > 0 and pieces[i] not in "".join(pieces[:i]))
     model.generation_config.stop_strings = [pieces[index]]
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
