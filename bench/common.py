@@ -3,12 +3,14 @@
 import argparse
 import json
 import platform
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import Qwen2Config, WhisperConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +61,14 @@ def build_model(size: str, device, dtype: torch.dtype, text_size: str | None = N
     """Random backbones in `dtype` on `device` (the LLM of `text_size` if given), the aligner in fp32, as a loaded
     model would be."""
     torch.manual_seed(0)
-    with torch.device(device):
-        model = SteerMoEForConditionalGeneration(model_config(size, text_size, **aligner_kwargs))
-    model.audio_encoder.to(dtype)
-    model.language_model.to(dtype)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype` directly: a 7B LLM never exists in fp32
+    try:
+        with torch.device(device):
+            model = SteerMoEForConditionalGeneration(model_config(size, text_size, **aligner_kwargs))
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model.aligner.float()
     return model.eval()
 
 
@@ -83,6 +89,46 @@ def measure(fn, device, repeats: int, warmup: int) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one `fn()` call as torch's `FlopCounterMode` counts them (matmuls, convolutions, attention; the CPU
+    attention kernels are added to its table, which only lists the CUDA ones)."""
+    cpu_attention = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(grad, q, k, v),
+    }  # fmt: skip
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_second(device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """This machine's dense matmul rate in `dtype`, measured now: the ceiling for compute-bound work."""
+    n = 8192 if str(device).startswith("cuda") else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / measure(lambda: a @ b, device, repeats, warmup=2)
+
+
+def memory_bytes_per_second(device, repeats: int = 5) -> float:
+    """This machine's memory bandwidth, measured now as a 1 GiB device-to-device copy (bytes read + written): the
+    ceiling for bandwidth-bound work such as single-stream decoding."""
+    source = torch.empty(2**30, dtype=torch.uint8, device=device).fill_(1)
+    target = torch.empty_like(source)
+    return 2 * source.numel() / measure(lambda: target.copy_(source), device, repeats, warmup=2)
+
+
+def reset_peak_memory(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device) -> float:
+    """Peak allocated GPU memory since the last reset, or the process's peak resident memory on CPU."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def machine(device) -> str:

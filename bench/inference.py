@@ -1,8 +1,10 @@
 """Inference: time to first token and decode tokens/s of audio -> text generation against the bare LLM generating
-the same number of tokens from a text prompt of the same total length; and `from_pretrained` time and resident
-memory of the encoder-only load against loading the full Whisper checkpoint.
+the same number of tokens from a text prompt of the same total length, both against the memory-bandwidth ceiling
+(bytes of LLM weights read per token / this machine's bandwidth, measured in the same run), with peak memory; and
+`from_pretrained` time and resident memory of the encoder-only load against loading the full Whisper checkpoint.
 
     python bench/inference.py --size small --seconds 10 --new_tokens 64
+    python bench/inference.py --size large --device cuda --new_tokens 128    # Qwen2.5-7B in bf16
 """
 
 import copy
@@ -11,7 +13,8 @@ import sys
 import tempfile
 
 import torch
-from common import ROOT, build_model, measure, parser, report, resolve_dtype
+from common import (ROOT, SIZES, build_model, measure, memory_bytes_per_second, parser, peak_memory_mb, report,
+                    reset_peak_memory, resolve_dtype)  # fmt: skip
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 LOAD = """
@@ -35,7 +38,10 @@ def main():
     p = parser(__doc__)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--skip_load", action="store_true", help="Only time generation (the load test saves a full Whisper).")
     args = p.parse_args()
+    if not args.skip_load:  # first, so that the model below is not resident while the full Whisper loads
+        report("load", args, load_rows(args))
     dtype = resolve_dtype(args)
     model = build_model(args.size, args.device, dtype)
     config = model.config
@@ -61,19 +67,36 @@ def main():
         config.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         return model.generate(**inputs, generation_config=config) if audio else llm.generate(**inputs, generation_config=config)
 
+    # Per decoded token the LLM reads every weight once, except the input embedding table when it is not tied.
+    weights = sum(p.numel() * p.element_size() for p in llm.parameters())
+    if not llm.config.tie_word_embeddings:
+        embedding = llm.get_input_embeddings().weight
+        weights -= embedding.numel() * embedding.element_size()
     rows = []
     with torch.no_grad():
         for name, inputs, audio in (("bare LLM, text prompt", text_inputs, False), ("SteerMoE, audio + prompt", audio_inputs, True)):
-            first = measure(lambda: run(inputs, 1, audio), args.device, args.repeats, args.warmup)
-            full = measure(lambda: run(inputs, args.new_tokens, audio), args.device, args.repeats, args.warmup)
+            reset_peak_memory(args.device)
+            first = measure(lambda inputs=inputs, audio=audio: run(inputs, 1, audio), args.device, args.repeats, args.warmup)
+            full = measure(lambda inputs=inputs, audio=audio: run(inputs, args.new_tokens, audio), args.device, args.repeats, args.warmup)
             rows.append({"generation": name, "time_to_first_token_s": first,
-                         "decode_tokens_per_s": (args.new_tokens - 1) / (full - first)})  # fmt: skip
+                         "decode_tokens_per_s": (args.new_tokens - 1) / (full - first),
+                         "peak_memory_mb": peak_memory_mb(args.device)})  # fmt: skip
+    bandwidth = memory_bytes_per_second(args.device)  # after the peaks: its 2 GiB of buffers would count on CPU
+    ceiling = bandwidth / weights
     for row in rows:
+        row["fraction_of_bandwidth_ceiling"] = row["decode_tokens_per_s"] / ceiling
         row["tokens_per_s_vs_bare_llm"] = row["decode_tokens_per_s"] / rows[0]["decode_tokens_per_s"]
         row["ttft_vs_bare_llm"] = row["time_to_first_token_s"] / rows[0]["time_to_first_token_s"]
+    extra = {"audio_tokens": audio_tokens, "prompt_tokens": int(input_ids.shape[1]), "llm_bytes_per_token": weights,
+             "bandwidth_gb_per_s": bandwidth / 1e9, "ceiling_tokens_per_s": ceiling}  # fmt: skip
+    report("inference", args, rows, extra)
+    sys.stdout.write(f"bandwidth {bandwidth / 1e9:.1f} GB/s measured; LLM reads {weights / 1e9:.2f} GB per token; "
+                     f"ceiling {ceiling:.1f} tokens/s\n")  # fmt: skip
 
+
+def load_rows(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
-        (d, layers, heads, ffn, mels), _ = __import__("common").SIZES[args.size]
+        (d, layers, heads, ffn, mels), _ = SIZES[args.size]
         whisper = WhisperConfig(d_model=d, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
                                 decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
                                 num_mel_bins=mels, vocab_size=51866)  # fmt: skip
@@ -83,13 +106,12 @@ def main():
             out = subprocess.run([sys.executable, "-c", LOAD.format(root=str(ROOT)), kind, folder],
                                  check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
             loads[kind] = {"seconds": float(out[-2]), "peak_rss_mb": float(out[-1])}
-    report("inference", args, rows, {"audio_tokens": audio_tokens, "prompt_tokens": int(input_ids.shape[1])})
-    load_rows = [
+    return [
         {"load": label, "seconds": loads[kind]["seconds"], "added_rss_mb": loads[kind]["peak_rss_mb"],
          "time_vs_full": loads[kind]["seconds"] / loads["full"]["seconds"]}
         for kind, label in (("encoder", "encoder only (SteerMoE)"), ("full", "full Whisper checkpoint"))
     ]  # fmt: skip
-    report("load", args, load_rows)
+
 
 if __name__ == "__main__":
     main()
