@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
 SCRIPTS = {
@@ -26,3 +27,15 @@ def test_benchmark_runs_at_tiny_size(name, tmp_path):
     assert payloads and all(p["rows"] and p["machine"] for p in payloads)
     assert any(p["benchmark"] == name for p in payloads)
     assert "|" in result.stdout
+
+
+def test_flop_count_covers_matmuls_and_cpu_attention():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import count_flops
+
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    assert count_flops(lambda: a @ b) == 2 * 3 * 5 * 7
+    batch, heads, length, dim = 1, 2, 8, 4
+    q = torch.randn(batch, heads, length, dim)
+    attention = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert attention == 2 * (2 * batch * heads * length * length * dim)  # Q·Kᵀ and weights·V
