@@ -1,7 +1,8 @@
 """Inference: time to first token and decode tokens/s of audio -> text generation against the bare LLM generating
 the same number of tokens from a text prompt of the same total length, both against the memory-bandwidth ceiling
 (bytes of LLM weights read per token / this machine's bandwidth, measured in the same run), with peak memory; and
-`from_pretrained` time and resident memory of the encoder-only load against loading the full Whisper checkpoint.
+`from_pretrained` time and resident memory of the encoder-only load against loading the full Whisper checkpoint
+(each weight read once after loading: safetensors are memory-mapped, so an untouched weight costs nothing yet).
 
     python bench/inference.py --size small --seconds 10 --new_tokens 64
     python bench/inference.py --size large --device cuda --new_tokens 128    # Qwen2.5-7B in bf16
@@ -30,6 +31,8 @@ if sys.argv[1] == "encoder":
     model = SteerMoEWhisperEncoder.from_pretrained(sys.argv[2], key_mapping=SteerMoEWhisperEncoder._checkpoint_key_mapping)
 else:
     model = WhisperForConditionalGeneration.from_pretrained(sys.argv[2])
+for parameter in model.parameters():  # weights may be memory-mapped: read each once, as moving to a GPU would
+    parameter.data.sum()
 print(time.perf_counter() - start, rss_mb() - before)
 """
 
