@@ -6,6 +6,10 @@ the same number of tokens from a text prompt of the same total length, both agai
 
     python bench/inference.py --size small --seconds 10 --new_tokens 64
     python bench/inference.py --size large --device cuda --new_tokens 128    # Qwen2.5-7B in bf16
+    python bench/inference.py --size large --device cuda --new_tokens 128 --cache_implementation static
+
+`--cache_implementation static` gives both sides transformers' static KV cache, with which `generate` compiles the
+decoding step on CUDA by itself (on CPU it runs uncompiled).
 """
 
 import copy
@@ -41,6 +45,7 @@ def main():
     p = parser(__doc__)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--cache_implementation", default=None, help="KV cache for both sides, e.g. static (default: dynamic)")
     p.add_argument("--skip_load", action="store_true", help="Only time generation (the load test saves a full Whisper).")
     args = p.parse_args()
     if not args.skip_load:  # first, so that the model below is not resident while the full Whisper loads
@@ -67,7 +72,7 @@ def main():
         """Greedy, exactly `new_tokens` tokens, with the same generation config (and so the same logits
         processors) on both sides."""
         config = copy.deepcopy(model.generation_config)
-        config.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        config.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens, cache_implementation=args.cache_implementation)
         return model.generate(**inputs, generation_config=config) if audio else llm.generate(**inputs, generation_config=config)
 
     # Per decoded token the LLM reads every weight once, except the input embedding table when it is not tied.
