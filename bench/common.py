@@ -39,10 +39,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
 def resolve_dtype(args) -> torch.dtype:
     if args.dtype:
         return getattr(torch, args.dtype)
-    return torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
+    return torch.bfloat16 if is_cuda(args.device) else torch.float32
 
 
 def model_config(size: str, text_size: str | None = None, **aligner_kwargs) -> SteerMoEConfig:
@@ -73,7 +77,7 @@ def build_model(size: str, device, dtype: torch.dtype, text_size: str | None = N
 
 
 def synchronize(device) -> None:
-    if str(device).startswith("cuda"):
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
@@ -106,7 +110,7 @@ def count_flops(fn) -> int:
 
 def matmul_flops_per_second(device, dtype: torch.dtype, repeats: int = 5) -> float:
     """This machine's dense matmul rate in `dtype`, measured now: the ceiling for compute-bound work."""
-    n = 8192 if str(device).startswith("cuda") else 2048
+    n = 8192 if is_cuda(device) else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / measure(lambda: a @ b, device, repeats, warmup=2)
 
@@ -120,19 +124,19 @@ def memory_bytes_per_second(device, repeats: int = 5) -> float:
 
 
 def reset_peak_memory(device) -> None:
-    if str(device).startswith("cuda"):
+    if is_cuda(device):
         torch.cuda.reset_peak_memory_stats()
 
 
 def peak_memory_mb(device) -> float:
     """Peak allocated GPU memory since the last reset, or the process's peak resident memory on CPU."""
-    if str(device).startswith("cuda"):
+    if is_cuda(device):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def machine(device) -> str:
-    if str(device).startswith("cuda"):
+    if is_cuda(device):
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
