@@ -166,27 +166,28 @@ def _recipe_to_argv(recipe: dict) -> list[str]:
     return argv
 
 
-def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
-    """Decode a dataset audio value: `{"bytes", "path"}` (an undecoded `Audio` column) or a file path."""
+def _audio_source(value, base_dir: str | None):
+    """The bytes or file path behind a dataset audio value: `{"bytes", "path"}` (an undecoded `Audio` column) or a
+    path, relative ones taken from `base_dir`."""
     if isinstance(value, dict):
         if value.get("bytes"):
-            return load_audio(value["bytes"])
+            return value["bytes"]
         value = value.get("path")
     if not value:
         raise ValueError("no audio")
     path = Path(value)
-    if base_dir and not path.is_absolute():
-        path = Path(base_dir) / path
-    return load_audio(str(path))
+    return str(Path(base_dir) / path if base_dir and not path.is_absolute() else path)
+
+
+def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """Decode a dataset audio value (see `_audio_source`)."""
+    return load_audio(_audio_source(value, base_dir))
 
 
 def audio_seconds(value, base_dir: str | None = None) -> float:
     """Duration from the file header (cheap; raises if the file is missing or undecodable)."""
-    if isinstance(value, dict) and value.get("bytes"):
-        info = soundfile.info(io.BytesIO(value["bytes"]))
-    else:
-        path = Path(value["path"] if isinstance(value, dict) else value)
-        info = soundfile.info(str(Path(base_dir) / path if base_dir and not path.is_absolute() else path))
+    source = _audio_source(value, base_dir)
+    info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
     if info.frames <= 0:
         raise ValueError("empty audio")
     return info.frames / info.samplerate
