@@ -1,10 +1,15 @@
 # Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
 """SteerMoE configuration: two frozen backbones (by Hub id or by config) and the aligner's settings."""
 
+import logging
 import math
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.tokenization_utils_base import AddedToken
+
+
+logger = logging.getLogger(__name__)
 
 
 ALIGNER_TYPES = ("layerwise", "per_layer_router", "post_encoder", "linear")
@@ -31,6 +36,30 @@ def get_num_audio_tokens(
     for kernel, stride, padding in conv_layers:
         frames = (frames + 2 * padding - kernel) // stride + 1 if frames > 0 else 0
     return math.ceil(max(frames, 0) / pooling_kernel_size)
+
+
+def add_audio_token(tokenizer, audio_token: str) -> int:
+    """Add `audio_token` to `tokenizer` as a special token unless it has it, and return its id.
+
+    The one rule both sides use: the processor applies it to its tokenizer, and `SteerMoEConfig` to a fresh copy of
+    the LLM's tokenizer to set `audio_token_id`, so a model and a processor built from the same LLM agree on the
+    placeholder without any hand wiring.
+    """
+    if audio_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(audio_token)
+
+
+def resolve_audio_token_id(text_model_id: str, revision: str | None, audio_token: str) -> int | None:
+    """The id `add_audio_token` gives `audio_token` in the tokenizer of `text_model_id`; None if it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text_model_id, revision=revision)
+    except (OSError, ValueError) as error:
+        logger.warning("No tokenizer for %s (%s); the audio token id stays unset.", text_model_id, error)
+        return None
+    return add_audio_token(tokenizer, audio_token)
 
 
 class SteerMoEConfig(PreTrainedConfig):
@@ -71,7 +100,8 @@ class SteerMoEConfig(PreTrainedConfig):
         lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`): LLM modules it adapts.
         lora_for_text_only (`bool`, *optional*, defaults to `False`): Keep the LLM adapter on without audio.
         audio_token (`str`, *optional*, defaults to `"<|audio|>"`): The audio placeholder token.
-        audio_token_id (`int`, *optional*): Its id in the processor's tokenizer (`processor.audio_token_id`).
+        audio_token_id (`int`, *optional*): Its id; by default resolved from the tokenizer of `text_model_id` with
+            the processor's rule (`add_audio_token`), so it equals `processor.audio_token_id`.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the router and projector init.
 
     Example:
@@ -117,6 +147,8 @@ class SteerMoEConfig(PreTrainedConfig):
             self.audio_config = AutoConfig.from_pretrained(self.audio_model_id, revision=self.audio_model_revision)
         if self.text_config is None and self.text_model_id is not None:
             self.text_config = AutoConfig.from_pretrained(self.text_model_id, revision=self.text_model_revision)
+        if self.audio_token_id is None and self.text_model_id is not None:
+            self.audio_token_id = resolve_audio_token_id(self.text_model_id, self.text_model_revision, self.audio_token)
         super().__post_init__(**kwargs)
         if self.pooling_type not in POOLING_TYPES:
             raise ValueError(f"pooling_type must be one of {POOLING_TYPES}, got {self.pooling_type!r}")
@@ -184,4 +216,4 @@ class SteerMoEConfig(PreTrainedConfig):
         return output
 
 
-__all__ = ["SteerMoEConfig", "get_num_audio_tokens"]
+__all__ = ["SteerMoEConfig", "add_audio_token", "get_num_audio_tokens"]

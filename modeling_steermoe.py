@@ -418,7 +418,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Bool mask `(batch, seq_len)` of the audio placeholder tokens."""
         if self.config.audio_token_id is None:
             raise ValueError(
-                "config.audio_token_id is not set: build the config with audio_token_id=processor.audio_token_id."
+                "The audio token id is unknown: this model's LLM was given by config, not by an id with a tokenizer. "
+                "Build the config with audio_token_id=processor.audio_token_id."
             )
         return input_ids == self.config.audio_token_id
 
@@ -434,10 +435,20 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         audio_embeds = audio_embeds[token_mask]
         num_placeholders = int(placeholder_mask.sum())
         if num_placeholders != audio_embeds.shape[0]:
+            if num_placeholders == 0:
+                hint = (
+                    f"The inputs were made by a processor whose audio token is not this model's (id "
+                    f"{self.config.audio_token_id}): a tokenizer of another LLM? Use the processor saved with this "
+                    "model, or SteerMoEProcessor.from_config(model.config)."
+                )
+            else:
+                hint = (
+                    "Build inputs with the SteerMoEProcessor whose pooling matches this model "
+                    f"(pooling_kernel_size={self.config.audio_frames_per_token})."
+                )
             raise ValueError(
-                f"The text holds {num_placeholders} audio placeholder tokens but the audio gives "
-                f"{audio_embeds.shape[0]} frames. Build inputs with the SteerMoEProcessor whose pooling matches "
-                f"this model (pooling_kernel_size={self.config.audio_frames_per_token})."
+                f"The text holds {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
+                f"the audio gives {audio_embeds.shape[0]} frames. {hint}"
             )
         embed_tokens = self.get_input_embeddings()
         inputs_embeds = embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
@@ -508,24 +519,59 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
     ) -> torch.LongTensor:
         """Generate from a prompt with audio placeholders, or from text alone exactly as the base LLM.
 
-        Right-padded batches (as the processor writes them) are moved to left padding first. With audio, returns
-        only the generated tokens `(batch, new_tokens)`, as seq2seq ASR models (and LLMs given `inputs_embeds`)
-        do, so `processor.batch_decode(output)` is the answer; text-only returns the base LLM's `(batch, prompt_len +
-        new_tokens)`.
+        The model's `generation_config` (saved with the adapter: greedy, the LLM's EOS, any `stop_strings`) applies
+        with no extra arguments; keyword arguments override it. Stop strings need a tokenizer: the LLM's own is
+        loaded once when none is passed. Right-padded batches (as the processor writes them) are moved to left
+        padding first.
+
+        Returns `(batch, prompt_len + new_tokens)` with or without audio, as transformers' audio LLMs do: the prompt
+        (left-padded) then the new tokens, so `processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+        skip_special_tokens=True)` is the answer. With `return_dict_in_generate=True`, the same in `.sequences`.
         """
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         kwargs = generation_config.update(**kwargs)
+        if generation_config.stop_strings and kwargs.get("tokenizer") is None:
+            kwargs["tokenizer"] = self._stop_strings_tokenizer()
+        if input_ids is None:
+            raise ValueError("generate needs input_ids: the prompt, with audio placeholders where the audio goes.")
         if attention_mask is not None:
             input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
-        if input_features is None:
-            inputs = {"input_ids": input_ids}
-        else:
-            inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
-            inputs = {"inputs_embeds": inputs_embeds}
         with self._llm_lora_enabled(input_features is not None or self.config.lora_for_text_only):
-            return self.language_model.generate(
-                **inputs, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+            if input_features is None:
+                return self.language_model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+                )
+            inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            # The LLM sees the prompt ids (placeholders as padding, which the embeddings replace) so that its output,
+            # streamers and logits processors hold the prompt; the placeholders are put back in the result.
+            pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
+            llm_input_ids = input_ids.masked_fill(self.get_placeholder_mask(input_ids), pad_id)
+            output = self.language_model.generate(
+                input_ids=llm_input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **kwargs,
             )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        sequences[:, : input_ids.shape[1]] = input_ids.to(sequences.device)
+        return output
+
+    def _stop_strings_tokenizer(self):
+        """The LLM's tokenizer, loaded once, for generation configs with `stop_strings`."""
+        if getattr(self, "_cached_stop_strings_tokenizer", None) is None:
+            source = self.config.text_model_id
+            if source is None:
+                raise ValueError(
+                    "The generation config has stop_strings, which need a tokenizer, and this model's LLM has no id "
+                    "to load one from: pass tokenizer=processor.tokenizer to generate."
+                )
+            from transformers import AutoTokenizer
+
+            self._cached_stop_strings_tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=self.config.text_model_revision
+            )
+        return self._cached_stop_strings_tokenizer
 
     def _adapter_state_dict(self, state_dict: dict | None = None) -> dict:
         state_dict = self.state_dict() if state_dict is None else state_dict

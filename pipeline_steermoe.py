@@ -25,9 +25,13 @@ class SteerMoEASRPipeline(Pipeline):
     rate, 16 kHz, like the stock pipeline), or a dict `{"array" or "raw": samples, "sampling_rate": rate}` at any
     rate; mono or multi-channel. Audio longer than 30 s is encoded in 30 s windows whose frames all reach the LLM.
 
-    Call arguments: `prompt` (an instruction or a question about the audio, default "Transcribe the audio."),
-    `generate_kwargs` (e.g. `{"num_beams": 4}`), `max_new_tokens`, and the usual `batch_size`.
+    Call arguments: `prompt` (an instruction or a question about the audio; transcription by default),
+    `generate_kwargs` (e.g. `{"num_beams": 4}`), `max_new_tokens`, `speech_threshold_db` and the usual `batch_size`.
     Returns `{"text": generated text}`.
+
+    Transcription (no `prompt`) passes each clip through the no-speech gate first (`processing_steermoe.has_speech`,
+    at the processor's `speech_threshold_db`, -50 dBFS by default; `speech_threshold_db=None` turns it off): a clip
+    without speech energy gives `{"text": ""}` without running the model. Free prompts are not gated.
     """
 
     _load_processor = True
@@ -42,19 +46,34 @@ class SteerMoEASRPipeline(Pipeline):
             raise ValueError("The SteerMoE ASR pipeline needs the model's SteerMoEProcessor (saved next to it).")
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.feature_extractor
+        model_token_id = self.model.config.audio_token_id
+        if model_token_id is None:
+            self.model.config.audio_token_id = self.processor.audio_token_id
+        elif model_token_id != self.processor.audio_token_id:
+            raise ValueError(
+                f"The processor's audio token id ({self.processor.audio_token_id}) is not the model's "
+                f"({model_token_id}): the processor was built for another LLM. Save the processor made with "
+                "SteerMoEProcessor.from_config(model.config) next to the model."
+            )
 
-    def _sanitize_parameters(self, prompt=None, generate_kwargs=None, max_new_tokens=None, **kwargs):
+    def _sanitize_parameters(
+        self, prompt=None, generate_kwargs=None, max_new_tokens=None, speech_threshold_db="default", **kwargs
+    ):
         if kwargs:
             raise TypeError(f"Unsupported arguments for the SteerMoE ASR pipeline: {sorted(kwargs)}")
         preprocess_params = {} if prompt is None else {"prompt": prompt}
+        if speech_threshold_db != "default":
+            preprocess_params["speech_threshold_db"] = speech_threshold_db
         forward_params = {"generate_kwargs": dict(generate_kwargs or {})}
         if max_new_tokens is not None:
             forward_params["generate_kwargs"]["max_new_tokens"] = max_new_tokens
         return preprocess_params, forward_params, {}
 
-    def preprocess(self, inputs, prompt: str = DEFAULT_TRANSCRIPTION_PROMPT):
+    def preprocess(self, inputs, prompt: str | None = None, speech_threshold_db="default"):
         audio, sampling_rate = self._decode(inputs)
-        return {"audio": audio, "sampling_rate": sampling_rate, "prompt": self.processor.build_prompt(prompt)}
+        speech = prompt is not None or self.processor.has_speech(audio, sampling_rate, speech_threshold_db)
+        prompt = self.processor.build_prompt(DEFAULT_TRANSCRIPTION_PROMPT if prompt is None else prompt)
+        return {"audio": audio, "sampling_rate": sampling_rate, "prompt": prompt, "speech": speech}
 
     def _decode(self, inputs) -> tuple[np.ndarray, int]:
         if isinstance(inputs, str):
@@ -78,14 +97,27 @@ class SteerMoEASRPipeline(Pipeline):
 
     def _forward(self, model_inputs, generate_kwargs=None):
         batched = isinstance(model_inputs["prompt"], list)
-        audio, rates, prompts = (
-            (model_inputs[key] if batched else [model_inputs[key]]) for key in ("audio", "sampling_rate", "prompt")
+        audio, rates, prompts, speech = (
+            (model_inputs[key] if batched else [model_inputs[key]])
+            for key in ("audio", "sampling_rate", "prompt", "speech")
         )
-        inputs = self.processor(text=prompts, audio=audio, sampling_rate=rates).to(self.model.device)
-        tokens = self.model.generate(**inputs, tokenizer=self.tokenizer, **(generate_kwargs or {}))
-        return {"tokens": tokens}
+        speech = [bool(flag) for flag in speech]
+        pad_id = self.tokenizer.pad_token_id
+        tokens = torch.full((len(speech), 1), pad_id, dtype=torch.long)
+        if any(speech):
+            keep = [index for index, flag in enumerate(speech) if flag]
+            inputs = self.processor(
+                text=[prompts[i] for i in keep], audio=[audio[i] for i in keep], sampling_rate=[rates[i] for i in keep]
+            ).to(self.model.device)
+            generated = self.model.generate(**inputs, tokenizer=self.tokenizer, **(generate_kwargs or {}))
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :].cpu()
+            tokens = torch.full((len(speech), max(new_tokens.shape[1], 1)), pad_id, dtype=torch.long)
+            tokens[keep, : new_tokens.shape[1]] = new_tokens
+        return {"tokens": tokens, "speech": torch.tensor(speech)}
 
     def postprocess(self, model_outputs):
+        if not bool(model_outputs["speech"].reshape(-1)[0]):
+            return {"text": ""}
         tokens = model_outputs["tokens"]
         return {"text": self.processor.decode(tokens.reshape(-1), skip_special_tokens=True).strip()}
 

@@ -3,17 +3,18 @@
 
 import io
 import os
+import re
 
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
-from transformers.tokenization_utils_base import AddedToken
+from transformers.processing_utils import ProcessingKwargs
 
 
 try:
-    from .configuration_steermoe import WHISPER_CONV_LAYERS, get_num_audio_tokens
+    from .configuration_steermoe import WHISPER_CONV_LAYERS, add_audio_token, get_num_audio_tokens
 except ImportError:
-    from configuration_steermoe import WHISPER_CONV_LAYERS, get_num_audio_tokens
+    from configuration_steermoe import WHISPER_CONV_LAYERS, add_audio_token, get_num_audio_tokens
 
 try:
     import soxr
@@ -38,12 +39,46 @@ def load_audio(source) -> tuple[np.ndarray, int]:
     """Decode an audio file (path, bytes or file object; WAV, FLAC, OGG, MP3 via libsndfile) to float32.
 
     Returns `(samples, sampling_rate)` with samples `(num_samples,)` for mono or `(num_samples, channels)`.
+    Raises `FileNotFoundError` for a missing path and `ValueError` naming the file for one that cannot be decoded,
+    holds no samples or is cut short (fewer samples than its header announces).
     """
     if soundfile is None:
         raise ImportError("Decoding audio files needs the soundfile package: pip install soundfile")
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    name = source if isinstance(source, str) else f"<{type(source).__name__} audio input>"
+    if isinstance(source, str) and not os.path.exists(source):
+        raise FileNotFoundError(f"Audio file not found: {source}")
+    if isinstance(source, str) and os.path.isdir(source):
+        raise ValueError(f"{source} is a folder, not an audio file.")
     if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ValueError(f"{name}: empty input (0 bytes), not an audio file.")
         source = io.BytesIO(source)
-    samples, sampling_rate = soundfile.read(source, dtype="float32", always_2d=False)
+    try:
+        handle = soundfile.SoundFile(source)
+    except soundfile.LibsndfileError as error:
+        reason = str(error).split(": ", 1)[-1] if isinstance(source, str) else str(error).split(">: ")[-1]
+        raise ValueError(f"{name}: not a decodable audio file (WAV, FLAC, OGG or MP3): {reason}") from error
+    with handle:
+        announced, sampling_rate = handle.frames, handle.samplerate
+        header_data = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", handle.extra_info, re.MULTILINE)
+        try:
+            samples = handle.read(dtype="float32", always_2d=False)
+        except RuntimeError as error:  # libsndfile errors raised while decoding the data
+            raise ValueError(f"{name}: the audio data is corrupt or truncated: {error}") from error
+    if samples.shape[0] == 0:
+        raise ValueError(f"{name}: the file holds no audio samples.")
+    if header_data is not None and int(header_data.group(2)) < int(header_data.group(1)) < 0xFFFFFF00:
+        raise ValueError(
+            f"{name}: truncated audio: the header announces {header_data.group(1)} bytes of samples but only "
+            f"{header_data.group(2)} are present."
+        )
+    # Compressed formats announce an estimate (MP3 frame padding); only a clear shortfall is a truncation.
+    if 0 < announced < 2**62 and samples.shape[0] < 0.98 * announced - 2048:
+        raise ValueError(
+            f"{name}: truncated audio: the header announces {announced} samples but only {samples.shape[0]} are present."
+        )
     return samples, sampling_rate
 
 
@@ -84,6 +119,43 @@ def _check_sampling_rate(sampling_rate):
         )
 
 
+DEFAULT_SPEECH_THRESHOLD_DB = -50.0
+MIN_SPEECH_SECONDS = 0.1
+SPEECH_FRAME_SECONDS = 0.03
+
+
+def has_speech(
+    audio, sampling_rate: int, threshold_db: float | None = DEFAULT_SPEECH_THRESHOLD_DB, min_seconds: float = MIN_SPEECH_SECONDS
+) -> bool:
+    """The no-speech gate of every transcription path: False for a clip without speech energy.
+
+    A clip passes when it lasts at least `min_seconds` and its loudest 30 ms frame has an RMS level of at least
+    `threshold_db` dBFS (0 dBFS is a full-scale square wave; speech at a normal recording level peaks around -20 to
+    -10). `threshold_db=None` turns the gate off. Digital silence, near-silent noise (-80 dBFS) and clips of a few
+    samples are gated, so they give an empty transcript instead of an invented one.
+
+    Args:
+        audio: one clip, `(samples,)` or multi-channel, int or float PCM.
+        sampling_rate: its rate in Hz.
+    """
+    if threshold_db is None:
+        return True
+    _check_sampling_rate(sampling_rate)
+    clip = _to_mono_float32(audio)
+    if clip.shape[0] < min_seconds * sampling_rate:
+        return False
+    frame = max(1, int(SPEECH_FRAME_SECONDS * sampling_rate))
+    usable = clip[: clip.shape[0] // frame * frame].reshape(-1, frame)
+    loudest = float(np.sqrt(np.mean(np.square(usable, dtype=np.float64), axis=1)).max())
+    return 20 * np.log10(max(loudest, 1e-12)) >= threshold_db
+
+
+class SteerMoEProcessorKwargs(ProcessingKwargs, total=False):
+    """The keyword arguments `SteerMoEProcessor.__call__` takes: the tokenizer's (`padding`, `max_length`,
+    `pad_to_multiple_of`, `add_special_tokens`, `return_attention_mask`, ...), `sampling_rate`, and
+    `return_tensors` ("pt" by default, "np", or None for lists)."""
+
+
 class SteerMoEProcessor(ProcessorMixin):
     r"""
     Builds SteerMoE inputs: log-mel features of each clip (split into 30 s windows, never cut) and the prompt with its
@@ -100,8 +172,13 @@ class SteerMoEProcessor(ProcessorMixin):
             `audio_conv_layers`; Whisper's by default.
         pad_to_full_window (`bool`, *optional*, defaults to `False`): Pad every clip to a 30 s window (Whisper's
             training condition, every frame passed on) instead of encoding only its real length.
+        speech_threshold_db (`float`, *optional*, defaults to -50.0): The no-speech gate's level (see `has_speech`)
+            used by the transcription paths; `None` turns the gate off.
         chat_template (`str`, *optional*): Defaults to the tokenizer's.
     """
+
+    valid_processor_kwargs = SteerMoEProcessorKwargs
+    text_kwargs = {"padding": True}
 
     def __init__(
         self,
@@ -111,25 +188,25 @@ class SteerMoEProcessor(ProcessorMixin):
         pooling_kernel_size=4,
         conv_layers=None,
         pad_to_full_window=False,
+        speech_threshold_db=DEFAULT_SPEECH_THRESHOLD_DB,
         chat_template=None,
     ):
-        if audio_token not in tokenizer.get_vocab():
-            tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
+        self.audio_token_id = add_audio_token(tokenizer, audio_token)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
         self.audio_token = audio_token
-        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         self.pooling_kernel_size = pooling_kernel_size
         self.conv_layers = [list(layer) for layer in (conv_layers or WHISPER_CONV_LAYERS)]
         self.pad_to_full_window = pad_to_full_window
+        self.speech_threshold_db = speech_threshold_db
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
     def from_config(cls, config, **kwargs) -> "SteerMoEProcessor":
         """A processor for a new model: the feature extractor of `config.audio_model_id`, the tokenizer of
-        `config.text_model_id` (at their revisions), and the encoder's conv stem and pooling from `config`.
-        Set `config.audio_token_id = processor.audio_token_id` before building the model."""
+        `config.text_model_id` (at their revisions), and the encoder's conv stem and pooling from `config`. Its
+        audio token id equals `config.audio_token_id` by construction (both come from `add_audio_token`)."""
         from transformers import AutoFeatureExtractor, AutoTokenizer
 
         return cls(
@@ -140,6 +217,12 @@ class SteerMoEProcessor(ProcessorMixin):
             conv_layers=config.audio_conv_layers,
             **kwargs,
         )
+
+    def has_speech(self, audio, sampling_rate: int, threshold_db: float | None = "default") -> bool:
+        """The no-speech gate (`has_speech`) at this processor's `speech_threshold_db` unless `threshold_db` is
+        given (`None` turns it off)."""
+        threshold_db = self.speech_threshold_db if threshold_db == "default" else threshold_db
+        return has_speech(audio, sampling_rate, threshold_db)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -196,45 +279,79 @@ class SteerMoEProcessor(ProcessorMixin):
         return torch.from_numpy(input_features), torch.from_numpy(feature_attention_mask), token_counts
 
     def __call__(self, text=None, audio=None, sampling_rate=None, text_target=None, **kwargs) -> BatchFeature:
-        """Tokenise prompts (one audio placeholder per clip) and extract features.
+        """Tokenise prompts (audio placeholders expanded) and extract features.
 
         Args:
-            text (`str` or `list[str]`): Prompts; with audio, each holds the audio token exactly once.
-            audio (array or list of arrays, *optional*): One clip per prompt, `(samples,)` or `(channels, samples)`
-                (or `(samples, channels)`), int16/int32/float, any sampling rate.
+            text (`str` or `list[str]`): Prompts; with audio, the audio token marks where each clip goes (clips fill
+                the placeholders in order, across the batch; a prompt may hold several or none).
+            audio (array or list of arrays, *optional*): The clips, `(samples,)` or `(channels, samples)` (or
+                `(samples, channels)`), int16/int32/float, any sampling rate.
             sampling_rate (`int` or `list[int]`): Rate of `audio` (or one per clip); resampled to the feature
                 extractor's.
             text_target (`str` or `list[str]`, *optional*): Targets for training: appended to each prompt with the
                 EOS token, and returned as `labels` (-100 on the prompt, the audio and the padding).
+            kwargs: the tokenizer's keyword arguments (`padding`: True / "longest" by default, "max_length" with
+                `max_length`, or False; `pad_to_multiple_of`, `add_special_tokens`, `return_attention_mask`, ...) and
+                `return_tensors`: "pt" (default), "np", or None for lists; also as `text_kwargs={...}`.
         Returns:
-            `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq_len)`, and with audio `input_features`
-            `(windows, num_mel_bins, frames)` (Whisper) or `(windows, samples)` (wav2vec2-style extractors),
-            `feature_attention_mask` `(windows, frames or samples)`, and `labels`.
+            `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq_len)` (padded on the right), and with audio
+            `input_features` `(windows, num_mel_bins, frames)` (Whisper) or `(windows, samples)` (wav2vec2-style
+            extractors), `feature_attention_mask` `(windows, frames or samples)`, and `labels`.
         """
         if text is None:
             raise ValueError("text is required: a prompt holding the audio token where the audio goes.")
-        texts = [text] if isinstance(text, str) else list(text)
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)) and all(isinstance(prompt, str) for prompt in text):
+            texts = list(text)
+        else:
+            raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}.")
+        if not texts:
+            raise ValueError("text is an empty list.")
+        merged = self._merge_kwargs(
+            SteerMoEProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs = merged["text_kwargs"]
+        sampling_rate = merged["audio_kwargs"].get("sampling_rate", sampling_rate) if sampling_rate is None else sampling_rate
+        return_tensors = text_kwargs.pop("return_tensors", "pt")
+        padding = text_kwargs.pop("padding", True)
+        max_length = text_kwargs.pop("max_length", None)
+        pad_to_multiple_of = text_kwargs.pop("pad_to_multiple_of", None)
+        return_attention_mask = text_kwargs.pop("return_attention_mask", None)
+        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+            raise ValueError(
+                "truncation is not supported: cutting a prompt could drop audio placeholders or the instruction. "
+                "Shorten the prompt or the audio instead."
+            )
+        text_kwargs.pop("truncation", None)
+        for unsupported in ("return_offsets_mapping", "return_overflowing_tokens"):
+            if text_kwargs.pop(unsupported, False):
+                raise ValueError(f"{unsupported} is not supported by the SteerMoE processor.")
+
         data = {}
+        placeholders = sum(prompt.count(self.audio_token) for prompt in texts)
         if audio is not None:
             if isinstance(audio, (list, tuple)) and len(audio) == 0:
                 raise ValueError("audio is an empty list.")
             input_features, feature_attention_mask, token_counts = self._prepare_audio(audio, sampling_rate)
-            if len(token_counts) != len(texts):
-                raise ValueError(f"Got {len(token_counts)} audio clips for {len(texts)} prompts; give one per prompt.")
-            expanded = []
-            for prompt, count in zip(texts, token_counts):
-                if prompt.count(self.audio_token) != 1:
-                    raise ValueError(
-                        f"Each prompt must contain the audio token {self.audio_token!r} exactly once where its audio "
-                        f"goes; got {prompt.count(self.audio_token)} in {prompt!r}."
-                    )
-                expanded.append(prompt.replace(self.audio_token, self.audio_token * count))
-            texts = expanded
+            if placeholders != len(token_counts):
+                raise ValueError(
+                    f"The text holds {placeholders} audio token(s) {self.audio_token!r} but {len(token_counts)} audio "
+                    "clip(s) were given: write the audio token once where each clip goes, in order."
+                )
+            counts = iter(token_counts)
+            texts = [
+                "".join(
+                    piece if index == 0 else self.audio_token * next(counts) + piece
+                    for index, piece in enumerate(prompt.split(self.audio_token))
+                )
+                for prompt in texts
+            ]
             data.update(input_features=input_features, feature_attention_mask=feature_attention_mask)
-        elif any(self.audio_token in prompt for prompt in texts):
+        elif placeholders:
             raise ValueError(f"The text contains the audio token {self.audio_token!r} but no audio was given.")
 
-        prompt_ids = self.tokenizer(texts, **kwargs)["input_ids"]
+        prompt_ids = self.tokenizer(texts, **text_kwargs)["input_ids"]
         if text_target is None:
             sequences, labels = prompt_ids, None
         else:
@@ -245,12 +362,45 @@ class SteerMoEProcessor(ProcessorMixin):
             eos = [self.tokenizer.eos_token_id]
             sequences = [p + t + eos for p, t in zip(prompt_ids, target_ids)]
             labels = [[-100] * len(p) + t + eos for p, t in zip(prompt_ids, target_ids)]
-        data.update(self._pad(sequences, labels))
-        return BatchFeature(data=data, tensor_type="pt")
+        data.update(self._pad(sequences, labels, padding, max_length, pad_to_multiple_of))
+        if return_attention_mask is False:
+            data.pop("attention_mask")
+        if return_tensors is not None and len({len(ids) for ids in data["input_ids"]}) > 1:
+            raise ValueError(
+                f"padding={padding!r} leaves prompts of different lengths, which cannot form one tensor: use "
+                "padding=True or return_tensors=None."
+            )
+        if return_tensors in ("np", "numpy") and audio is not None:
+            data["input_features"] = data["input_features"].numpy()
+            data["feature_attention_mask"] = data["feature_attention_mask"].numpy()
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None) -> dict:
-        """Right-pad to the longest sequence."""
-        length = max(len(s) for s in sequences)
+    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding=True, max_length=None,
+             pad_to_multiple_of=None) -> dict:  # fmt: skip
+        """Right-pad to the longest sequence (`padding` True / "longest"), to `max_length` ("max_length"), or not at
+        all (False / "do_not_pad"); lengths are rounded up to `pad_to_multiple_of`."""
+        padding = getattr(padding, "value", padding)
+        if padding in (False, "do_not_pad", None):
+            return {
+                "input_ids": sequences,
+                "attention_mask": [[1] * len(s) for s in sequences],
+                **({"labels": labels} if labels is not None else {}),
+            }
+        longest = max(len(s) for s in sequences)
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError('padding="max_length" needs max_length.')
+            if longest > max_length:
+                raise ValueError(
+                    f"A prompt has {longest} tokens (audio placeholders included), more than max_length={max_length}."
+                )
+            length = max_length
+        elif padding in (True, "longest"):
+            length = longest
+        else:
+            raise ValueError(f"padding must be True, 'longest', 'max_length' or False, got {padding!r}.")
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         pad_id = self.tokenizer.pad_token_id
         padded = {
             "input_ids": [s + [pad_id] * (length - len(s)) for s in sequences],

@@ -20,9 +20,9 @@ from transformers import pipeline
 
 
 try:
-    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
+    from .processing_steermoe import DEFAULT_SPEECH_THRESHOLD_DB, load_audio
 except ImportError:
-    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
+    from processing_steermoe import DEFAULT_SPEECH_THRESHOLD_DB, load_audio
 
 
 logger = logging.getLogger("steermoe")
@@ -80,6 +80,10 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
                         help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf; srt: one segment per 30 s.")  # fmt: skip
     parser.add_argument("--output", help="Write here instead of standard output.")
+    parser.add_argument("--speech-threshold-db", type=float, default=None,
+                        help=f"No-speech gate for transcription: clips whose loudest 30 ms is below this level (dBFS) "
+                             f"give an empty transcript (default: the model's processor, {DEFAULT_SPEECH_THRESHOLD_DB:g}).")  # fmt: skip
+    parser.add_argument("--no-speech-gate", action="store_true", help="Transcribe every clip, even silent ones.")
     args = parser.parse_args(argv)
     if args.task == "qa" and not args.prompt:
         parser.error("--task qa needs --prompt with the question")
@@ -93,7 +97,13 @@ def main(argv=None) -> int:
     asr = pipeline(
         "automatic-speech-recognition", model=args.model, trust_remote_code=True, dtype=dtype, device=args.device
     )
-    call_kwargs = {"prompt": args.prompt or DEFAULT_TRANSCRIPTION_PROMPT, "batch_size": args.batch_size}
+    call_kwargs = {"batch_size": args.batch_size}
+    if args.prompt:
+        call_kwargs["prompt"] = args.prompt
+    if args.no_speech_gate:
+        call_kwargs["speech_threshold_db"] = None
+    elif args.speech_threshold_db is not None:
+        call_kwargs["speech_threshold_db"] = args.speech_threshold_db
     if args.max_new_tokens is not None:
         call_kwargs["max_new_tokens"] = args.max_new_tokens
     paths = expand_inputs(args.inputs)
@@ -108,10 +118,8 @@ def main(argv=None) -> int:
         for path in paths[first : first + args.batch_size]:
             try:
                 samples, rate = load_audio(str(path))
-                if samples.size == 0:
-                    raise ValueError("the file holds no audio")
-            except (OSError, RuntimeError, ValueError) as error:
-                logger.error("%s: %s", path, error)
+            except (OSError, ValueError) as error:
+                logger.error("%s", error)
                 failed.append(path)
                 continue
             step = int(SEGMENT_SECONDS * rate) if args.format == "srt" else samples.shape[0]

@@ -187,9 +187,15 @@ def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
 def audio_seconds(value, base_dir: str | None = None) -> float:
     """Duration from the file header (cheap; raises if the file is missing or undecodable)."""
     source = _audio_source(value, base_dir)
-    info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    name = source if isinstance(source, str) else "<bytes audio input>"
+    if isinstance(source, str) and not Path(source).is_file():
+        raise FileNotFoundError(f"Audio file not found: {source}")
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except RuntimeError as error:
+        raise ValueError(f"{name}: not a decodable audio file (WAV, FLAC, OGG or MP3): {error}") from error
     if info.frames <= 0:
-        raise ValueError("empty audio")
+        raise ValueError(f"{name}: the file holds no audio samples.")
     return info.frames / info.samplerate
 
 
@@ -496,7 +502,9 @@ class SteerMoETrainer(Trainer):
                 do_sample=False,
                 tokenizer=self.processing_class.tokenizer,
             )
-            texts = self.processing_class.batch_decode(output, skip_special_tokens=True)
+            texts = self.processing_class.batch_decode(
+                output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+            )
             predictions += [text.strip() for text in texts]
             references += refs
         predictions = self.accelerator.gather_for_metrics(predictions, use_gather_object=True)
@@ -541,9 +549,7 @@ def build_model_and_processor(model_args: ModelArguments):
         pooling_kernel_size=model_args.pooling_kernel_size,
         projector_type=model_args.projector_type,
     )
-    processor = SteerMoEProcessor.from_config(config)
-    config.audio_token_id = processor.audio_token_id
-    return SteerMoEForConditionalGeneration(config, dtype=dtype), processor
+    return SteerMoEForConditionalGeneration(config, dtype=dtype), SteerMoEProcessor.from_config(config)
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:

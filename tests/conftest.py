@@ -38,7 +38,6 @@ def make_model(backbone_dirs, processor):
 
     def make(**config_kwargs):
         torch.manual_seed(0)
-        config_kwargs = {"audio_token_id": processor.audio_token_id, **config_kwargs}
         config = SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir), **config_kwargs)
         return SteerMoEForConditionalGeneration(config, dtype=torch.float32)
 

@@ -30,7 +30,7 @@ def expected_text(model, processor, clips, rates, prompt="Transcribe the audio."
     for clip, rate in zip(clips, rates):
         inputs = processor(text=processor.build_prompt(prompt), audio=clip, sampling_rate=rate)
         output = model.generate(**inputs, **GENERATE)
-        texts.append(processor.decode(output[0], skip_special_tokens=True).strip())
+        texts.append(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return texts
 
 
@@ -137,7 +137,7 @@ def test_stop_strings_saved_in_the_generation_config_apply_in_the_pipeline(model
     clip = speechlike(1.0, seed=7)
     model.generation_config.update(max_new_tokens=12, min_new_tokens=None)
     inputs = processor(text=processor.build_prompt("Transcribe the audio."), audio=clip, sampling_rate=16000)
-    tokens = model.generate(**inputs)[0].tolist()
+    tokens = model.generate(**inputs)[0, inputs["input_ids"].shape[1] :].tolist()
     pieces = [processor.decode([token]) for token in tokens]
     printable = [i for i, piece in enumerate(pieces) if piece.strip() and piece.isprintable() and "\ufffd" not in piece]
     index = next(i for i in printable if i > 0 and pieces[i] not in "".join(pieces[:i]))

@@ -33,7 +33,7 @@ def test_real_pair_transcribes_a_real_stereo_44k_flac(real):
     frames = int(inputs["feature_attention_mask"].sum())
     assert abs(frames - seconds * 100) <= 1
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False, min_new_tokens=8)
-    new_tokens = output[0]
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
     assert new_tokens.shape[0] == 8
     assert processor.decode(new_tokens, skip_special_tokens=True).strip()
 
