@@ -5,17 +5,15 @@ The saved `config.json` routes the task here (`custom_pipelines`), because the s
 remote-code model as CTC. Audio is decoded with soundfile and resampled with soxr (no ffmpeg or torchaudio needed).
 """
 
-import urllib.request
-
 import numpy as np
 import torch
 from transformers import Pipeline
 
 
 try:
-    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
+    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, decode_audio_input
 except ImportError:
-    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, load_audio
+    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, decode_audio_input
 
 
 class SteerMoEASRPipeline(Pipeline):
@@ -76,24 +74,7 @@ class SteerMoEASRPipeline(Pipeline):
         return {"audio": audio, "sampling_rate": sampling_rate, "prompt": prompt, "speech": speech}
 
     def _decode(self, inputs) -> tuple[np.ndarray, int]:
-        if isinstance(inputs, str):
-            if inputs.startswith(("http://", "https://")):
-                with urllib.request.urlopen(inputs) as response:
-                    inputs = response.read()
-            else:
-                return load_audio(inputs)
-        if isinstance(inputs, (bytes, bytearray)):
-            return load_audio(bytes(inputs))
-        if isinstance(inputs, dict):
-            samples = inputs.get("array", inputs.get("raw"))
-            if samples is None or "sampling_rate" not in inputs:
-                raise ValueError('A dict input needs "array" (or "raw") and "sampling_rate".')
-            return np.asarray(samples), inputs["sampling_rate"]
-        if isinstance(inputs, torch.Tensor):
-            inputs = inputs.detach().cpu().numpy()
-        if isinstance(inputs, np.ndarray):
-            return inputs, self.processor.feature_extractor.sampling_rate
-        raise TypeError(f"Unsupported audio input of type {type(inputs).__name__}.")
+        return decode_audio_input(inputs, default_rate=self.feature_extractor.sampling_rate)
 
     def _forward(self, model_inputs, generate_kwargs=None):
         batched = isinstance(model_inputs["prompt"], list)

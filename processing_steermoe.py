@@ -4,6 +4,7 @@
 import io
 import os
 import re
+import urllib.request
 
 import numpy as np
 import torch
@@ -80,6 +81,35 @@ def load_audio(source) -> tuple[np.ndarray, int]:
             f"{name}: truncated audio: the header announces {announced} samples but only {samples.shape[0]} are present."
         )
     return samples, sampling_rate
+
+
+def decode_audio_input(source, sampling_rate: int | None = None, default_rate: int = 16000) -> tuple[np.ndarray, int]:
+    """Any audio input users pass, as `(samples, sampling_rate)`: a file path or `http(s)://` URL, file bytes, a
+    `{"array" or "raw": samples, "sampling_rate": rate}` dict, or an array / tensor at `sampling_rate` (or
+    `default_rate`, the feature extractor's, when not given)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str):
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source) as response:
+                data = response.read()
+            try:
+                return load_audio(data)
+            except ValueError as error:
+                raise ValueError(f"{source}: {str(error).split(': ', 1)[-1]}") from error
+        return load_audio(source)
+    if isinstance(source, (bytes, bytearray)):
+        return load_audio(bytes(source))
+    if isinstance(source, dict):
+        samples = source.get("array", source.get("raw"))
+        if samples is None or "sampling_rate" not in source:
+            raise ValueError('A dict audio input needs "array" (or "raw") and "sampling_rate".')
+        return np.asarray(samples), source["sampling_rate"]
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, (np.ndarray, list, tuple)):
+        return np.asarray(source), sampling_rate or default_rate
+    raise TypeError(f"Unsupported audio input of type {type(source).__name__}.")
 
 
 def _to_mono_float32(audio) -> np.ndarray:
@@ -423,12 +453,8 @@ class SteerMoEProcessor(ProcessorMixin):
         Decode the answer with `processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)`.
         """
         clips = list(audio) if isinstance(audio, (list, tuple)) else [audio]
-        decoded = [
-            load_audio(os.fspath(clip) if isinstance(clip, os.PathLike) else clip)
-            if isinstance(clip, (str, bytes, bytearray, os.PathLike))
-            else (clip, sampling_rate)
-            for clip in clips
-        ]
+        rate = self.feature_extractor.sampling_rate
+        decoded = [decode_audio_input(clip, sampling_rate, rate) for clip in clips]
         if prompt is None:
             prompt = DEFAULT_TRANSCRIPTION_PROMPT
             if language is not None:
@@ -444,26 +470,93 @@ class SteerMoEProcessor(ProcessorMixin):
         `use_chat_template`), else the plain `audio token + instruction`."""
         if use_chat_template and (self.chat_template or self.tokenizer.chat_template):
             conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
-            return self.apply_chat_template(conversation)
+            return self.apply_chat_template(conversation, add_generation_prompt=True)
         return f"{self.audio_token}{instruction}"
 
-    def apply_chat_template(self, conversation, add_generation_prompt: bool = True, **kwargs) -> str:
-        """Render a conversation with the LLM's chat template; `{"type": "audio"}` parts of a message become the
-        audio token. Returns the prompt string to pass as `text` (tokenise it with `__call__`)."""
-        messages = []
-        for message in conversation:
-            content = message["content"]
-            if not isinstance(content, str):
-                content = "".join(
-                    self.audio_token if part["type"] == "audio" else part["text"] for part in content
-                )
-            messages.append({**message, "content": content})
-        template = kwargs.pop("chat_template", None) or self.chat_template or self.tokenizer.chat_template
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
+        documents: list[dict] | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_tensors: str | None = "pt",
+        return_dict: bool = False,
+        processor_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Render one conversation (a list of messages) or a batch of them with the LLM's chat template, as
+        `ProcessorMixin.apply_chat_template` does.
+
+        Message content is a string or a list of parts: `{"type": "text", "text": ...}` and `{"type": "audio"}`,
+        the latter with its clip as `"path"` (a file), `"url"`, or `"audio"` (a path, URL, bytes, or an array at
+        the feature extractor's rate, or at `"sampling_rate"` when the part gives one). Each audio part becomes the
+        audio token in the prompt; clips may appear anywhere, several per turn and across turns. System and
+        assistant turns, `tools` and `documents` go to the template as the tokenizer's `apply_chat_template` takes
+        them; other keyword arguments are template variables.
+
+        Returns the prompt string (or list of strings) when `tokenize=False`; otherwise the processor's output for
+        the prompts and the clips, loaded and resampled here: a `BatchFeature` (`input_ids`, `attention_mask`,
+        `input_features`, `feature_attention_mask`) with `return_dict=True`, else just `input_ids`. The template
+        writes its own special tokens, so none are added (a text-only conversation gives exactly the tokenizer's
+        `apply_chat_template` ids). `processor_kwargs` go to `__call__` (e.g. `{"padding": "max_length", ...}`).
+        """
+        template = chat_template or self.chat_template or self.tokenizer.chat_template
         if template is None:
             raise ValueError("Neither the processor nor the tokenizer has a chat template; write the prompt as text.")
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
-        )
+        batched = isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if batched else [conversation]
+        rate = self.feature_extractor.sampling_rate
+        rendered, clips = [], []
+        for messages in conversations:
+            flat = []
+            for message in messages:
+                content = message.get("content")
+                if isinstance(content, (list, tuple)):
+                    pieces = []
+                    for part in content:
+                        kind = part.get("type")
+                        if kind == "text":
+                            pieces.append(part["text"])
+                        elif kind == "audio":
+                            pieces.append(self.audio_token)
+                            if tokenize:
+                                clips.append(self._chat_audio(part, rate))
+                        else:
+                            raise ValueError(f"Unsupported content part type {kind!r}: use 'text' or 'audio'.")
+                    content = "".join(pieces)
+                flat.append({**message, "content": content})
+            rendered.append(
+                self.tokenizer.apply_chat_template(
+                    flat,
+                    chat_template=template,
+                    tools=tools,
+                    documents=documents,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    tokenize=False,
+                    **kwargs,
+                )
+            )
+        if not tokenize:
+            return rendered if batched else rendered[0]
+        call_kwargs = {"add_special_tokens": False, "return_tensors": return_tensors, **(processor_kwargs or {})}
+        audio = [samples for samples, _ in clips] or None
+        rates = [clip_rate for _, clip_rate in clips] or None
+        out = self(text=rendered, audio=audio, sampling_rate=rates, **call_kwargs)
+        return out if return_dict else out["input_ids"]
+
+    @staticmethod
+    def _chat_audio(part: dict, default_rate: int) -> tuple[np.ndarray, int]:
+        """The clip of one `{"type": "audio", ...}` content part."""
+        sources = [key for key in ("path", "url", "audio") if part.get(key) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f'An audio part needs exactly one of "path", "url" or "audio" to tokenize, got {sorted(part)}.'
+            )
+        return decode_audio_input(part[sources[0]], part.get("sampling_rate"), default_rate)
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -474,4 +567,4 @@ class SteerMoEProcessor(ProcessorMixin):
 
 SteerMoEProcessor.register_for_auto_class()
 
-__all__ = ["SteerMoEProcessor", "load_audio"]
+__all__ = ["SteerMoEProcessor", "decode_audio_input", "has_speech", "load_audio"]
