@@ -23,7 +23,8 @@ class SteerMoEASRPipeline(Pipeline):
     rate, 16 kHz, like the stock pipeline), or a dict `{"array" or "raw": samples, "sampling_rate": rate}` at any
     rate; mono or multi-channel. Audio longer than 30 s is encoded in 30 s windows whose frames all reach the LLM.
 
-    Call arguments: `prompt` (an instruction or a question about the audio; transcription by default),
+    Call arguments: `prompt` (an instruction or a question about the audio; transcription by default; `""` makes
+    the audio the whole user turn, a spoken question for an instruct LLM to answer),
     `generate_kwargs` (e.g. `{"num_beams": 4}`), `max_new_tokens`, `speech_threshold_db` and the usual `batch_size`.
     Returns `{"text": generated text}`.
 

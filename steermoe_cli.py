@@ -71,7 +71,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="steermoe-transcribe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="Audio files, folders or glob patterns (WAV, FLAC, OGG, MP3).")
     parser.add_argument("--model", required=True, help="A saved SteerMoE model: folder or Hub id.")
-    parser.add_argument("--task", choices=["transcribe", "qa"], default="transcribe")
+    parser.add_argument("--task", choices=["transcribe", "qa", "chat"], default="transcribe",
+                        help="transcribe; qa: answer --prompt about the audio; chat: the audio is the whole user turn "
+                             "(a spoken question or request) and an instruct LLM answers it.")  # fmt: skip
     parser.add_argument("--prompt", help="The instruction (transcribe) or the question about the audio (qa).")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=None)
@@ -87,6 +89,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.task == "qa" and not args.prompt:
         parser.error("--task qa needs --prompt with the question")
+    if args.task == "chat" and args.prompt:
+        parser.error("--task chat takes no --prompt: the audio is the user's turn")
     return args
 
 
@@ -98,8 +102,8 @@ def main(argv=None) -> int:
         "automatic-speech-recognition", model=args.model, trust_remote_code=True, dtype=dtype, device=args.device
     )
     call_kwargs = {"batch_size": args.batch_size}
-    if args.prompt:
-        call_kwargs["prompt"] = args.prompt
+    if args.prompt or args.task == "chat":
+        call_kwargs["prompt"] = args.prompt or ""
     if args.no_speech_gate:
         call_kwargs["speech_threshold_db"] = None
     elif args.speech_threshold_db is not None:

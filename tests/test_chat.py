@@ -154,3 +154,21 @@ def test_bad_chat_parts_are_refused(processor, tmp_path):
     with pytest.raises(ValueError, match="Unsupported content part type 'image'"):
         chat({"type": "image", "path": "x.png"})
     assert chat({"type": "audio", "audio": np.zeros(1600, dtype=np.float32)})["input_features"].shape[0] == 1
+
+
+def test_cli_chat_answers_the_spoken_turn_as_the_chat_call_does(steered, processor, clips, tmp_path, capsys):
+    import json
+
+    import steermoe_cli
+
+    steered.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clips[0])}]}]
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = steered.generate(**inputs, max_new_tokens=6)
+    expected = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    args = [str(clips[0]), "--model", str(tmp_path / "adapter"), "--task", "chat", "--format", "jsonl"]
+    assert steermoe_cli.main([*args, "--max-new-tokens", "6"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == expected
+    with pytest.raises(SystemExit):
+        steermoe_cli.parse_args([*args, "--prompt", "hi"])
