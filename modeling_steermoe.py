@@ -582,7 +582,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         module = self.__class__.__module__.split(".")[-1]
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.setdefault("AutoConfig", f"{module.replace('modeling_', 'configuration_')}.SteerMoEConfig")
-        for auto_class in ("AutoModel", "AutoModelForSpeechSeq2Seq"):
+        for auto_class in ("AutoModel", "AutoModelForSpeechSeq2Seq", "AutoModelForMultimodalLM"):
             auto_map[auto_class] = f"{module}.{self.__class__.__name__}"
         self.config.auto_map = auto_map
         pipeline_module = SteerMoEASRPipeline.__module__.split(".")[-1]

@@ -172,3 +172,16 @@ def test_cli_chat_answers_the_spoken_turn_as_the_chat_call_does(steered, process
     assert json.loads(capsys.readouterr().out)["text"] == expected
     with pytest.raises(SystemExit):
         steermoe_cli.parse_args([*args, "--prompt", "hi"])
+
+
+def test_any_to_any_pipeline_chats_with_audio(steered, processor, clips, tmp_path):
+    from transformers import pipeline
+
+    steered.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    chat = pipeline("any-to-any", model=str(tmp_path / "adapter"), trust_remote_code=True, dtype=torch.float32)
+    messages = [{"role": "user", "content": [{"type": "audio", "path": str(clips[1])}, {"type": "text", "text": "What is said?"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    expected = answer(steered, processor, inputs)[0]
+    [result] = chat(text=messages, return_full_text=False, generate_kwargs=GENERATE)
+    assert result["generated_text"] == expected
