@@ -95,6 +95,25 @@ def measure(fn, device, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def measure_interleaved(fns: dict, device, repeats: int, warmup: int) -> dict[str, float]:
+    """Median wall time in seconds of each of `fns` (name -> callable), the callables taking turns in every round,
+    each round starting with the next one, so that drift during the run (clocks ramping up, caches and allocators
+    warming) falls on all of them alike rather than on whichever was timed first; each is warmed up `warmup` times."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for round_idx in range(repeats):
+        for name in names[round_idx % len(names) :] + names[: round_idx % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def attention_flops(query, key, value) -> int:
     """FLOPs of one attention kernel call from the shapes `(batch, heads, length, head_dim)` of its query, key and
     value: Q·Kᵀ and weights·V for every query head. Keys and values may have fewer heads than the queries (grouped-

@@ -99,3 +99,36 @@ def _cuda_attention_kernel(kernel: str, q, k):
     return lambda: forward(q, k, k, None, True), lambda: aten._scaled_dot_product_cudnn_attention_backward(
         out, q, k, k, out, lse, seed, offset, None, None, None, queries, keys, 0.0, False
     )
+
+
+def test_encoder_overhead_passes_in_bfloat16_do_the_same_work_but_steering():
+    """The "all L·E logits" pass failed on bf16 hidden states (the fp32 router called on them; CUDA runs in bf16).
+    Plain and steered passes must differ only by the steering step: the plain pass carried the stem's transposed
+    layout through every layer (a copy in each layer norm), the steered one lost it at the first steering step."""
+    common = _bench_common()
+    from encoder_overhead import encoder_passes, same_work_but_steering
+
+    model = common.build_model("tiny", "cpu", torch.bfloat16, text_size="tiny")
+    features, mask = torch.randn(2, 80, 300), torch.ones(2, 300)
+    mask[1, 250:] = 0
+    passes = encoder_passes(model, features, mask)
+    with torch.no_grad():
+        outputs = {name: fn() for name, fn in passes.items()}
+        assert same_work_but_steering(passes)
+    assert all(output.dtype == torch.bfloat16 and output.shape == (2, 150, 64) for output in outputs.values())
+    assert not torch.equal(outputs["plain"], outputs["steered"])
+    torch.testing.assert_close(outputs["steered_all_logits"], outputs["steered"])
+
+
+def test_encoder_overhead_plain_pass_is_the_frozen_whisper_encoder():
+    """On a full 30 s window (the only length Whisper's own forward takes) the plain pass, with the final layer norm,
+    gives the library encoder's output: the baseline is the frozen encoder, not something cheaper."""
+    common = _bench_common()
+    from encoder_overhead import encoder_passes
+
+    model = common.build_model("tiny", "cpu", torch.float32, text_size="tiny")
+    features = torch.randn(1, 80, 3000)
+    with torch.no_grad():
+        plain = encoder_passes(model, features, torch.ones(1, 3000))["plain"]()
+        library = model.audio_encoder(features).last_hidden_state
+    torch.testing.assert_close(model.audio_encoder.layer_norm(plain), library, rtol=1e-4, atol=1e-4)
