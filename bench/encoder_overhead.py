@@ -80,10 +80,10 @@ def aten_ops(fn) -> list[tuple[str, str]]:
     return ops
 
 
-def same_work_but_steering(passes: dict) -> bool:
-    """Whether every pass runs the same aten ops in the same order once the steering step's ops (and the ops they
-    call) are left out."""
-    sequences = [[op for op, root in aten_ops(fn) if root not in STEERING_OPS] for fn in passes.values()]
+def same_work_but_steering(ops: dict) -> bool:
+    """Whether the passes' op lists (`aten_ops` of each) hold the same aten ops in the same order once the steering
+    step's ops (and the ops they call) are left out."""
+    sequences = [[op for op, root in pass_ops if root not in STEERING_OPS] for pass_ops in ops.values()]
     return all(sequence == sequences[0] for sequence in sequences)
 
 
@@ -100,8 +100,9 @@ def main():
     passes = encoder_passes(model, features, mask)
     with torch.no_grad():
         times = measure_interleaved(passes, args.device, args.repeats, args.warmup)
-        same_work = same_work_but_steering(passes)
-        attention = sorted({op for op, _ in aten_ops(passes["plain"]) if "attention" in op})
+        ops = {name: aten_ops(fn) for name, fn in passes.items()}
+    same_work = same_work_but_steering(ops)
+    attention = sorted({op for op, _ in ops["plain"] if "attention" in op})
     labels = {
         "plain": "plain frozen encoder",
         "steered": "SteerMoE (layer slice of the router)",
