@@ -15,9 +15,10 @@ gives transformers' static KV cache, with which `generate` compiles the decoding
 runs uncompiled); `--compile_mode` sets that compilation (transformers' `CompileConfig` with one graph and static
 shapes; `reduce-overhead` replays each decoding step as a CUDA graph); `--reuse_cache` passes one static cache,
 allocated once and reset before each call, so its tensors keep their addresses from call to call (a CUDA graph
-records them); `--ignore_eos` runs without an EOS token, so no EOS check or minimum-length logits processor runs per
-token (otherwise `min_new_tokens` forces the count). `--profile_tokens` counts, with torch's profiler, the ops run
-per decoded token on each side: SteerMoE adds nothing per token to the base LLM's own work.
+records them); `--ignore_eos` removes the EOS token from the (random) model's generation configs, so no EOS check or
+minimum-length logits processor runs per token (otherwise `min_new_tokens` forces the count). `--profile_tokens`
+counts, with torch's profiler, the ops run per decoded token on each side: SteerMoE adds nothing per token to the
+base LLM's own work.
 """
 
 import collections
@@ -57,8 +58,10 @@ def ops_per_decoded_token(generate, inputs: dict, generation_config, short: int 
     when generating `short`, divided by `long - short`. `generation_config(n)` must make `generate` emit exactly `n`
     new tokens; the first call, unprofiled, warms up."""
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
     def counts(new_tokens):
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if torch.cuda.is_available() else None) as prof:  # fmt: skip
+        with profile(activities=activities) as prof:
             generate(**inputs, generation_config=generation_config(new_tokens))
         return collections.Counter(
             event.name for event in prof.events() if event.cpu_parent is None or event.device_type.name == "CUDA"
@@ -66,7 +69,8 @@ def ops_per_decoded_token(generate, inputs: dict, generation_config, short: int 
 
     generate(**inputs, generation_config=generation_config(long))
     few, many = counts(short), counts(long)
-    return {name: (many[name] - few[name]) / (long - short) for name in sorted(set(few) | set(many)) if many[name] != few[name]}  # fmt: skip
+    names = sorted(set(few) | set(many))
+    return {name: (many[name] - few[name]) / (long - short) for name in names if many[name] != few[name]}
 
 
 def main():
@@ -104,28 +108,31 @@ def main():
     text_inputs = {"input_ids": torch.randint(2, vocab - 1, input_ids.shape, device=args.device)}
     text_inputs["attention_mask"] = torch.ones_like(text_inputs["input_ids"])
     llm = model.language_model
+    if args.ignore_eos:  # on both generation configs: `generate` fills a config's unset values from the LLM's
+        model.generation_config.eos_token_id = llm.generation_config.eos_token_id = None
     cache = None
     if args.reuse_cache:
         cache = StaticCache(config=llm.config, max_cache_len=input_ids.shape[1] + args.new_tokens)
 
     def generation_config(new_tokens):
-        """Greedy, exactly `new_tokens` tokens, the same generation config (and so the same logits processors and
-        compilation) on both sides."""
+        """Greedy, exactly `new_tokens` tokens (`min_new_tokens` has no effect without an EOS token), the same
+        generation config (and so the same logits processors and compilation) on both sides."""
         generation = copy.deepcopy(model.generation_config)
         implementation = None if cache is not None else args.cache_implementation  # a passed cache is the static one
         generation.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens, cache_implementation=implementation)
-        if args.ignore_eos:
-            generation.update(eos_token_id=None, min_new_tokens=None)
         if args.compile_mode:
             generation.compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=args.compile_mode)
         return generation
 
     def generate(audio):
+        """One side's `generate` (SteerMoE's with audio, the bare LLM's otherwise), given the reused cache if any."""
+        side = model.generate if audio else llm.generate
+
         def call(generation_config, **inputs):
             if cache is not None:
                 cache.reset()
                 inputs["cache"] = cache
-            return model.generate(**inputs, generation_config=generation_config) if audio else llm.generate(**inputs, generation_config=generation_config)  # fmt: skip
+            return side(**inputs, generation_config=generation_config)
 
         return call
 
