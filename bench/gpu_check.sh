@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's GPU figures in one short run (about 8 minutes on one H200, model builds and compilation included):
+# The README's GPU figures in one short run (estimated 8 minutes on one H200, model builds and compilation included;
+# not yet run on a GPU):
 # whisper-large-v3 + Qwen2.5-7B shapes, random weights, bf16. Needs a CUDA GPU with ~80 GB, torch with CUDA, and this
 # repo's requirements (transformers >= 5.23, soundfile, soxr).
 #

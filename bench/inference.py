@@ -1,6 +1,7 @@
 """Inference: time to first token and decode tokens/s of audio -> text generation against the bare LLM generating
 the same number of tokens from a text prompt of the same total length, both against the memory-bandwidth ceiling
-(bytes of LLM weights read per token / this machine's bandwidth, measured in the same run), with peak memory; and
+(bytes of LLM weights read per token / this machine's bandwidth, measured in the same run), the two sides timed in
+turns, with each side's peak memory in a call of its own; and
 `from_pretrained` time and resident memory of the encoder-only load against loading the full Whisper checkpoint
 (each weight read once after loading: safetensors are memory-mapped, so an untouched weight costs nothing yet).
 
@@ -28,8 +29,8 @@ import sys
 import tempfile
 
 import torch
-from common import (ROOT, SIZES, build_model, measure, memory_bytes_per_second, parser, peak_memory_mb, report,
-                    reset_peak_memory, resolve_dtype)  # fmt: skip
+from common import (ROOT, SIZES, build_model, measure_interleaved, memory_bytes_per_second, parser, peak_memory_mb,
+                    report, reset_peak_memory, resolve_dtype)  # fmt: skip
 from torch.profiler import ProfilerActivity, profile
 from transformers import CompileConfig, StaticCache, WhisperConfig, WhisperForConditionalGeneration
 
@@ -141,16 +142,23 @@ def main():
     if not llm.config.tie_word_embeddings:
         embedding = llm.get_input_embeddings().weight
         weights -= embedding.numel() * embedding.element_size()
-    sides = (("bare LLM, text prompt", text_inputs, False), ("SteerMoE, audio + prompt", audio_inputs, True))
+    sides = {"bare LLM, text prompt": (generate(False), text_inputs),
+             "SteerMoE, audio + prompt": (generate(True), audio_inputs)}  # fmt: skip
+
+    def timed(new_tokens):
+        """Each side's median time for `new_tokens` tokens, the sides taking turns (neither gains from its place)."""
+        calls = {name: lambda run=run, inputs=inputs: run(generation_config(new_tokens), **inputs)
+                 for name, (run, inputs) in sides.items()}  # fmt: skip
+        return measure_interleaved(calls, args.device, args.repeats, args.warmup)
+
     rows, per_token = [], {}
     with torch.no_grad():
-        for name, inputs, audio in sides:
-            run = generate(audio)
+        first, full = timed(1), timed(args.new_tokens)
+        for name, (run, inputs) in sides.items():
             reset_peak_memory(args.device)
-            first = measure(lambda: run(generation_config(1), **inputs), args.device, args.repeats, args.warmup)
-            full = measure(lambda: run(generation_config(args.new_tokens), **inputs), args.device, args.repeats, args.warmup)  # fmt: skip
-            rows.append({"generation": name, "time_to_first_token_s": first,
-                         "decode_tokens_per_s": (args.new_tokens - 1) / (full - first),
+            run(generation_config(args.new_tokens), **inputs)
+            rows.append({"generation": name, "time_to_first_token_s": first[name],
+                         "decode_tokens_per_s": (args.new_tokens - 1) / (full[name] - first[name]),
                          "peak_memory_mb": peak_memory_mb(args.device)})  # fmt: skip
             if args.profile_tokens:
                 per_token[name] = ops_per_decoded_token(run, inputs, generation_config)
