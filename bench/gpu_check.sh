@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The README's GPU figures in one short run (estimated 8 minutes on one H200, model builds and compilation included;
-# not yet run on a GPU):
-# whisper-large-v3 + Qwen2.5-7B shapes, random weights, bf16. Needs a CUDA GPU with ~80 GB, torch with CUDA, and this
-# repo's requirements (transformers >= 5.23, soundfile, soxr).
+# The README's GPU figures in one short run: whisper-large-v3 + Qwen2.5-7B shapes, random weights, bf16; an estimated
+# 8 minutes on one H200, model builds and compilation included (not yet run on a GPU). Needs a CUDA GPU with ~80 GB,
+# torch with CUDA, and this repo's requirements (transformers >= 5.23, soundfile, soxr).
 #
 #   bash bench/gpu_check.sh                          # all parts
 #   bash bench/gpu_check.sh decode                   # some: train, encoder, decode
