@@ -145,6 +145,8 @@ def count_flops(fn) -> int:
     equal query and key/value head counts before 2.13, which grouped-query attention on CUDA does not have."""
     mapping = {}
     for name in _ATTENTION_KERNELS:
+        if not hasattr(torch.ops.aten, f"{name}_backward"):  # kernels this torch does not have
+            continue
         forward, backward = getattr(torch.ops.aten, name), getattr(torch.ops.aten, f"{name}_backward")
         mapping[forward] = lambda query, key, value, *_, out_shape=None, **__: attention_flops(query, key, value)
         mapping[backward] = lambda grad, query, key, value, *_, out_shape=None, **__: attention_backward_flops(
