@@ -385,7 +385,9 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         # Padding is zeroed before each conv so the last real frames see what they would see unpadded.
         input_features = input_features.to(dtype=weight.dtype, device=weight.device) * input_mask
         hidden_states = nn.functional.gelu(encoder.conv1(input_features)) * input_mask
-        hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
+        # Made contiguous: the transposed conv layout would otherwise survive every residual add, and each layer's
+        # norms and adds would copy or stride through it (until a steering step's reshape happens to copy it).
+        hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2).contiguous()
         hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
 
         feature_lengths = feature_attention_mask.sum(-1).to(hidden_states.device)

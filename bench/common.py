@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, WhisperConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,15 +95,64 @@ def measure(fn, device, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def measure_interleaved(fns: dict, device, repeats: int, warmup: int) -> dict[str, float]:
+    """Median wall time in seconds of each of `fns` (name -> callable), the callables taking turns in every round,
+    each round starting with the next one, so that drift during the run (clocks ramping up, caches and allocators
+    warming) falls on all of them alike rather than on whichever was timed first; each is warmed up `warmup` times."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for round_idx in range(repeats):
+        for name in names[round_idx % len(names) :] + names[: round_idx % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def attention_flops(query, key, value) -> int:
+    """FLOPs of one attention kernel call from the shapes `(batch, heads, length, head_dim)` of its query, key and
+    value: Q·Kᵀ and weights·V for every query head. Keys and values may have fewer heads than the queries (grouped-
+    query attention: the CUDA kernels receive them unexpanded); each query head still attends to every key."""
+    batch, heads, queries, head_dim = query
+    keys, value_dim = key[-2], value[-1]
+    return 2 * batch * heads * queries * keys * (head_dim + value_dim)
+
+
+def attention_backward_flops(query, key, value) -> int:
+    """FLOPs of one attention backward kernel call (same shapes as `attention_flops`): Q·Kᵀ recomputed, then the
+    gradients of the weights (dO·Vᵀ), of V (Pᵀ·dO), of Q (dS·K) and of K (dSᵀ·Q)."""
+    batch, heads, queries, head_dim = query
+    keys, value_dim = key[-2], value[-1]
+    return 2 * batch * heads * queries * keys * (3 * head_dim + 2 * value_dim)
+
+
+_ATTENTION_KERNELS = (
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+)
+
+
 def count_flops(fn) -> int:
-    """FLOPs of one `fn()` call as torch's `FlopCounterMode` counts them (matmuls, convolutions, attention; the CPU
-    attention kernels are added to its table, which only lists the CUDA ones)."""
-    cpu_attention = {
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(grad, q, k, v),
-    }  # fmt: skip
-    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+    """FLOPs of one `fn()` call as torch's `FlopCounterMode` counts them (matmuls, convolutions), with this module's
+    formulas for every scaled-dot-product attention kernel, forward and backward, CPU and CUDA: torch's own assert
+    equal query and key/value head counts before 2.13, which grouped-query attention on CUDA does not have."""
+    mapping = {}
+    for name in _ATTENTION_KERNELS:
+        if not hasattr(torch.ops.aten, f"{name}_backward"):  # kernels this torch does not have
+            continue
+        forward, backward = getattr(torch.ops.aten, name), getattr(torch.ops.aten, f"{name}_backward")
+        mapping[forward] = lambda query, key, value, *_, out_shape=None, **__: attention_flops(query, key, value)
+        mapping[backward] = lambda grad, query, key, value, *_, out_shape=None, **__: attention_backward_flops(
+            query, key, value
+        )
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -29,13 +29,106 @@ def test_benchmark_runs_at_tiny_size(name, tmp_path):
     assert "|" in result.stdout
 
 
-def test_flop_count_covers_matmuls_and_cpu_attention():
+def _bench_common():
     sys.path.insert(0, str(ROOT / "bench"))
-    from common import count_flops
+    import common
 
+    return common
+
+
+def test_flop_count_covers_matmuls_and_cpu_attention():
+    count_flops = _bench_common().count_flops
     a, b = torch.randn(3, 5), torch.randn(5, 7)
     assert count_flops(lambda: a @ b) == 2 * 3 * 5 * 7
     batch, heads, length, dim = 1, 2, 8, 4
     q = torch.randn(batch, heads, length, dim)
     attention = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
     assert attention == 2 * (2 * batch * heads * length * length * dim)  # Q·Kᵀ and weights·V
+
+
+def _equal_heads_only(query, key, value, *rest):
+    """torch < 2.13's attention FLOP formulas (the H200 run's torch 2.11): equal query and key/value heads only."""
+    assert query[1] == key[1] == value[1], "query/key/value shapes are incompatible"
+    return 1
+
+
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "cpu"])
+def test_flop_count_of_grouped_query_attention(kernel, monkeypatch):
+    """Qwen2.5-7B attends with 28 query heads over 4 key/value heads. The CUDA kernels receive the key/value heads
+    unexpanded, which torch < 2.13's formulas refused (`train_step --device cuda` failed); meta tensors run the CUDA
+    kernels' shapes here, forward and backward, with torch's formulas replaced by those strict ones."""
+    from torch.utils import flop_counter
+
+    monkeypatch.setattr(flop_counter, "sdpa_flop_count", _equal_heads_only)
+    monkeypatch.setattr(flop_counter, "sdpa_backward_flop_count", lambda grad, *shapes: _equal_heads_only(*shapes))
+    count_flops = _bench_common().count_flops
+    batch, heads, kv_heads, queries, keys, dim = 2, 28, 4, 6, 5, 8
+    device = "cpu" if kernel == "cpu" else "meta"
+    q = torch.randn(batch, heads, queries, dim, device=device, requires_grad=kernel == "cpu")
+    k = torch.randn(batch, kv_heads, keys, dim, device=device, requires_grad=kernel == "cpu")
+    forward = 2 * batch * heads * queries * keys * (dim + dim)
+    backward = 2 * batch * heads * queries * keys * (3 * dim + 2 * dim)
+
+    if kernel == "cpu":  # the CPU kernel via scaled_dot_product_attention, with its backward
+        step = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k, enable_gqa=True).sum().backward()  # noqa: E731
+        assert count_flops(step) == forward + backward
+        return
+    call, backward_call = _cuda_attention_kernel(kernel, q, k)
+    assert count_flops(call) == forward
+    assert count_flops(backward_call) == backward
+
+
+def _cuda_attention_kernel(kernel: str, q, k):
+    """The CUDA attention kernel `kernel` on (meta) query `q` and key = value `k`, and its backward, as callables."""
+    aten = torch.ops.aten
+    queries, keys = q.shape[2], k.shape[2]
+    if kernel == "flash":
+        forward = aten._scaled_dot_product_flash_attention
+        out, lse, _, _, _, _, seed, offset, _ = forward(q, k, k)
+        return lambda: forward(q, k, k), lambda: aten._scaled_dot_product_flash_attention_backward(
+            out, q, k, k, out, lse, None, None, queries, keys, 0.0, False, seed, offset
+        )
+    if kernel == "efficient":
+        forward = aten._scaled_dot_product_efficient_attention
+        out, lse, seed, offset = forward(q, k, k, None, True)
+        return lambda: forward(q, k, k, None, True), lambda: aten._scaled_dot_product_efficient_attention_backward(
+            out, q, k, k, None, out, lse, seed, offset, 0.0, [True, True, True, False]
+        )
+    forward = aten._scaled_dot_product_cudnn_attention
+    out, lse, _, _, _, _, seed, offset, _ = forward(q, k, k, None, True)
+    return lambda: forward(q, k, k, None, True), lambda: aten._scaled_dot_product_cudnn_attention_backward(
+        out, q, k, k, out, lse, seed, offset, None, None, None, queries, keys, 0.0, False
+    )
+
+
+def test_encoder_overhead_passes_in_bfloat16_do_the_same_work_but_steering():
+    """The "all L·E logits" pass failed on bf16 hidden states (the fp32 router called on them; CUDA runs in bf16).
+    Plain and steered passes must differ only by the steering step: the plain pass carried the stem's transposed
+    layout through every layer (a copy in each layer norm), the steered one lost it at the first steering step."""
+    common = _bench_common()
+    from encoder_overhead import aten_ops, encoder_passes, same_work_but_steering
+
+    model = common.build_model("tiny", "cpu", torch.bfloat16, text_size="tiny")
+    features, mask = torch.randn(2, 80, 300), torch.ones(2, 300)
+    mask[1, 250:] = 0
+    passes = encoder_passes(model, features, mask)
+    with torch.no_grad():
+        outputs = {name: fn() for name, fn in passes.items()}
+        assert same_work_but_steering({name: aten_ops(fn) for name, fn in passes.items()})
+    assert all(output.dtype == torch.bfloat16 and output.shape == (2, 150, 64) for output in outputs.values())
+    assert not torch.equal(outputs["plain"], outputs["steered"])
+    torch.testing.assert_close(outputs["steered_all_logits"], outputs["steered"])
+
+
+def test_encoder_overhead_plain_pass_is_the_frozen_whisper_encoder():
+    """On a full 30 s window (the only length Whisper's own forward takes) the plain pass, with the final layer norm,
+    gives the library encoder's output: the baseline is the frozen encoder, not something cheaper."""
+    common = _bench_common()
+    from encoder_overhead import encoder_passes
+
+    model = common.build_model("tiny", "cpu", torch.float32, text_size="tiny")
+    features = torch.randn(1, 80, 3000)
+    with torch.no_grad():
+        plain = encoder_passes(model, features, torch.ones(1, 3000))["plain"]()
+        library = model.audio_encoder(features).last_hidden_state
+    torch.testing.assert_close(model.audio_encoder.layer_norm(plain), library, rtol=1e-4, atol=1e-4)
