@@ -134,11 +134,14 @@ class LocalAgreementTranscriber:
         self._tentative = hypothesis[self._segment_committed :]
 
     def _close_segment(self, cut: int) -> None:
-        """Decode the buffer up to `cut`, commit its words past those already committed, keep the rest."""
+        """Decode the buffer up to `cut` and commit its words past those already committed; the rest starts the next
+        buffer, whose first words may already be committed (they were agreed on before the cut)."""
         head, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        head_words = []
         if self.has_speech is None or self.has_speech(head, self.sampling_rate):
-            self.committed += self._decode(head)[self._segment_committed :]
-        self._segment_committed = 0
+            head_words = self._decode(head)
+            self.committed += head_words[self._segment_committed :]
+        self._segment_committed = max(0, self._segment_committed - len(head_words)) if len(self._buffer) else 0
         self._previous = None
         self._tentative = []
 
