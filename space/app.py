@@ -246,8 +246,7 @@ def usage_figure(usage: np.ndarray | None, layers) -> Figure | None:
     axis.set_yticks(range(usage.shape[0]), [str(layer) for layer in layers])
     axis.set_xlabel("expert")
     axis.set_ylabel("encoder layer")
-    axis.set_title("Router: share of this clip's frames per expert")
-    figure.colorbar(image, ax=axis)
+    figure.colorbar(image, ax=axis, label="mean routing weight")
     return figure
 
 
@@ -273,7 +272,7 @@ def build_app(demo: SteerMoEDemo, adapter: str = "") -> gr.Blocks:
                         clear_button = gr.Button("Clear chat")
                 with gr.Column():
                     answer = gr.Textbox(label="Text", lines=6, elem_id="answer")
-                    plot = gr.Plot(label="Router usage per layer")
+                    plot = gr.Plot(label="Router usage per layer", elem_id="router-plot")
                     chatbot = gr.Chatbot(label="Chat", height=260)
             history = gr.State([])
         with gr.Tab("Live microphone"):
@@ -294,7 +293,7 @@ def build_app(demo: SteerMoEDemo, adapter: str = "") -> gr.Blocks:
         load_button.click(load, adapter_box, [status, task], concurrency_id="model")
         run_button.click(
             demo.run, [adapter_box, audio, task, question, history], [answer, plot, chatbot, history],
-            api_name="run", concurrency_id="model",
+            api_name="run", concurrency_id="model", show_progress_on=plot,  # the text stays readable while it streams
         )  # fmt: skip
         clear_button.click(lambda: ([], [], ""), None, [chatbot, history, answer], queue=False)
         live_audio.stream(

@@ -256,7 +256,7 @@ def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, 
         expected = offline(clips["speech.wav"])
         answer = lambda b: b.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value")  # noqa: E731
         wait.until(lambda b: answer(b) == expected)
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "img, svg") and "Router" in b.page_source)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#router-plot img"))
         browser.save_screenshot(str(tmp_path / "space.png"))
     finally:
         browser.quit()
