@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import soundfile
-import torch
+from adapters import save_readable_adapter
 from conftest import ROOT, speechlike
 
 sys.path.insert(0, str(ROOT / "space"))
@@ -22,9 +22,6 @@ from gradio import Error as GradioError  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from configuration_steermoe import SteerMoEConfig  # noqa: E402
-from modeling_steermoe import SteerMoEForConditionalGeneration  # noqa: E402
-from processing_steermoe import SteerMoEProcessor  # noqa: E402
 
 MAX_NEW_TOKENS = 24
 MAX_SECONDS = 70
@@ -34,29 +31,9 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 
 
-def save_adapter(path, backbone_dirs, chat: bool = True, **config_kwargs):
-    """A tiny adapter saved as train.py saves one. Its generation config lets the random LLM write only letters and
-    spaces, and favours spaces, so that what it generates is readable text made of several words. `chat=False`: a base LLM's tokenizer
-    (no chat template)."""
-    audio_dir, text_dir = backbone_dirs
-    torch.manual_seed(0)
-    config = SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir), **config_kwargs)
-    model = SteerMoEForConditionalGeneration(config, dtype=torch.float32)
-    processor = SteerMoEProcessor.from_config(config)
-    tokenizer = processor.tokenizer
-    if not chat:
-        tokenizer.chat_template = processor.chat_template = None
-    allowed = set("abcdefghijklmnopqrstuvwxyz ")
-    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) not in allowed]
-    model.generation_config.sequence_bias = [[tokenizer.encode(" ", add_special_tokens=False), 2.0]]
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def adapter(backbone_dirs, tmp_path_factory):
-    return save_adapter(tmp_path_factory.mktemp("space") / "adapter", backbone_dirs)
+    return save_readable_adapter(tmp_path_factory.mktemp("space") / "adapter", backbone_dirs)
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +119,13 @@ def test_chat_keeps_the_conversation_and_needs_a_chat_template(demo, adapter, cl
     )
     assert second and len(history) == 4 and view[-1] == {"role": "assistant", "content": second}
     # The same adapter without a chat template (a base LLM) offers no chat.
-    plain = save_adapter(tmp_path / "plain", backbone_dirs, chat=False)
+    plain = save_readable_adapter(tmp_path / "plain", backbone_dirs, chat=False)
     with pytest.raises(GradioError, match="no chat template"):
         list(demo.run(str(plain), str(clips["speech.wav"]), "Chat", "", [], progress=RecordedProgress()))
 
 
 def test_adapter_without_router_has_no_plot(demo, backbone_dirs, clips, tmp_path):
-    linear = save_adapter(tmp_path / "linear", backbone_dirs, aligner_type="linear")
+    linear = save_readable_adapter(tmp_path / "linear", backbone_dirs, aligner_type="linear")
     *_, (text, figure, _, _) = demo.run(str(linear), str(clips["speech.wav"]), "Transcribe", "", [],
                                         progress=RecordedProgress())  # fmt: skip
     assert text and figure is None
