@@ -1,7 +1,9 @@
 """The web demo (space/app.py): its handlers in process, then the app started on 127.0.0.1 as `python space/app.py`
 and driven with gradio_client and with a headless Chromium."""
 
+import ast
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,6 +12,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import gradio
+import huggingface_hub
 import numpy as np
 import pytest
 import soundfile
@@ -238,3 +242,37 @@ def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, 
     finally:
         browser.quit()
     assert (tmp_path / "space.png").stat().st_size > 10_000
+
+
+def imported_packages(path) -> set[str]:
+    """Top-level packages a module imports, outside `try:` blocks (optional imports), as transformers checks
+    remote code."""
+    tree = ast.parse(path.read_text())
+    optional = {id(node) for block in ast.walk(tree) if isinstance(block, ast.Try) for node in ast.walk(block)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names)
+
+
+def test_space_folder_is_a_space_with_its_requirements():
+    metadata = huggingface_hub.metadata_load(ROOT / "space" / "README.md")
+    assert metadata["sdk"] == "gradio" and (ROOT / "space" / metadata["app_file"]).is_file()
+    assert metadata["sdk_version"].split(".")[0] == gradio.__version__.split(".")[0]
+    assert len(metadata["short_description"]) <= 60
+    requirements = {
+        re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower()
+        for line in (ROOT / "space" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    local = {path.stem for path in (ROOT / "space").glob("*.py")} | {path.stem for path in ROOT.glob("*_steermoe.py")}
+    # What the app imports, and what the model's code (downloaded with the adapter) imports.
+    code = [*(ROOT / "space").glob("*.py"), *(ROOT / f"{kind}_steermoe.py" for kind in
+                                             ("configuration", "modeling", "processing", "pipeline"))]  # fmt: skip
+    needed = set().union(*(imported_packages(path) for path in code)) - local - {"gradio"}  # gradio: sdk_version
+    assert needed and needed <= requirements, f"missing from space/requirements.txt: {sorted(needed - requirements)}"
