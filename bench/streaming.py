@@ -117,7 +117,8 @@ def load_live_model(args):
     from transformers import AutoModel, AutoProcessor
 
     if args.adapter:
-        model = AutoModel.from_pretrained(args.adapter, trust_remote_code=True).to(args.device).eval()
+        dtype = resolve_dtype(args)
+        model = AutoModel.from_pretrained(args.adapter, trust_remote_code=True, dtype=dtype).to(args.device).eval()
         return model, AutoProcessor.from_pretrained(args.adapter, trust_remote_code=True), f"adapter {args.adapter}"
     encoder, llm = SHARED / "models" / "whisper-tiny.en-encoder", SHARED / "models" / "stories260K"
     if not (encoder.is_dir() and llm.is_dir()):
@@ -129,7 +130,7 @@ def load_live_model(args):
 
     torch.manual_seed(0)
     config = SteerMoEConfig(audio_model_id=str(encoder), text_model_id=str(llm))
-    model = SteerMoEForConditionalGeneration(config).to(args.device).eval()
+    model = SteerMoEForConditionalGeneration(config, dtype=resolve_dtype(args)).to(args.device).eval()
     return model, SteerMoEProcessor.from_config(config), f"UNTRAINED aligner on {encoder.name} + {llm.name}"
 
 

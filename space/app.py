@@ -84,7 +84,8 @@ class SteerMoEDemo:
             if self._loaded is None or self._loaded.name != adapter:
                 self._loaded = None
                 try:
-                    model = AutoModel.from_pretrained(adapter, trust_remote_code=True).to(self.device).eval()
+                    dtype = torch.float32 if self.device == "cpu" else "auto"  # half precision is slow on CPUs
+                    model = AutoModel.from_pretrained(adapter, trust_remote_code=True, dtype=dtype).to(self.device).eval()
                     processor = AutoProcessor.from_pretrained(adapter, trust_remote_code=True)
                 except Exception as error:  # any loading failure is the user's to see, the app stays up
                     raise gr.Error(f"Could not load the adapter {adapter!r}: {error}") from error
