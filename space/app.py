@@ -279,11 +279,11 @@ def build_app(demo: SteerMoEDemo, adapter: str = "") -> gr.Blocks:
         with gr.Tab("Live microphone"):
             gr.Markdown(
                 "Speak: the buffer is re-decoded every second and words appear once two decodings agree, so the text "
-                "only grows; the grey line is what the model hears now and may still change."
+                "only grows; the line below it is what the model hears now, which may still change."
             )
             live_audio = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone")
-            live_text = gr.Textbox(label="Transcript", lines=6)
-            live_tentative = gr.Textbox(label="Hearing…", lines=1)
+            live_text = gr.Textbox(label="Transcript", lines=6, elem_id="live-transcript")
+            live_tentative = gr.Textbox(label="Hearing…", lines=1, elem_id="live-tentative")
             live_state = gr.State(None)
 
         def load(name):
@@ -299,7 +299,7 @@ def build_app(demo: SteerMoEDemo, adapter: str = "") -> gr.Blocks:
         clear_button.click(lambda: ([], [], ""), None, [chatbot, history, answer], queue=False)
         live_audio.stream(
             demo.live_step, [adapter_box, live_audio, live_state], [live_text, live_tentative, live_state],
-            stream_every=0.5, concurrency_id="model",
+            stream_every=0.5, concurrency_id="model", show_progress="hidden",
         )  # fmt: skip
         live_audio.stop_recording(demo.live_stop, live_state, [live_text, live_tentative, live_state])
     return app

@@ -213,27 +213,39 @@ def test_concurrent_users_are_queued_not_dropped(server, adapter, clips, offline
     assert results == [offline(clips["speech.wav"]), offline(clips["other.flac"]), offline(clips["speech.wav"])]
 
 
-def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, offline, tmp_path):
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
+def chromium(tmp_path, *flags):
+    """Selenium driving Debian's headless Chromium; skips where it is not installed."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
         pytest.skip("Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver; .ci/run does)")
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver on the network
     from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, *flags, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def visible(browser, xpath: str) -> list:
+    from selenium.webdriver.common.by import By
+
+    return [element for element in browser.find_elements(By.XPATH, xpath) if element.is_displayed()]
+
+
+def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, offline, tmp_path):
+    browser = chromium(tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
     try:
         browser.get(server)
         wait = WebDriverWait(browser, 120)
         upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
         upload.send_keys(str(clips["speech.wav"]))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "audio, #waveform, .waveform-container"))
-        browser.find_element(By.XPATH, "//button[normalize-space()='Run']").click()
+        visible(browser, "//button[normalize-space()='Run']")[0].click()
         expected = offline(clips["speech.wav"])
         answer = lambda b: b.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value")  # noqa: E731
         wait.until(lambda b: answer(b) == expected)
@@ -242,6 +254,29 @@ def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, 
     finally:
         browser.quit()
     assert (tmp_path / "space.png").stat().st_size > 10_000
+
+
+def test_browser_live_microphone_transcribes_while_recording(server, clips, tmp_path):
+    """Chromium's fake microphone plays a clip into the Live tab: text appears while it records (tentative until two
+    decodings agree; the random tiny model rarely agrees with itself) and all of it is committed when it stops."""
+    microphone = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={clips['long.wav']}"]  # fmt: skip
+    browser = chromium(tmp_path, *microphone)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        browser.get(server)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: visible(b, "//button[normalize-space()='Live microphone']"))[0].click()
+        wait.until(lambda b: visible(b, "//button[normalize-space()='Record']"))[0].click()
+        text = lambda b, box: b.find_element(By.CSS_SELECTOR, f"#live-{box} textarea").get_attribute("value")  # noqa: E731
+        wait.until(lambda b: text(b, "tentative") or text(b, "transcript"))  # words arrive while it records
+        browser.save_screenshot(str(tmp_path / "live.png"))
+        visible(browser, "//button[normalize-space()='Stop']")[0].click()
+        wait.until(lambda b: text(b, "transcript") and not text(b, "tentative"))  # the rest is committed at the end
+    finally:
+        browser.quit()
 
 
 def imported_packages(path) -> set[str]:
