@@ -175,19 +175,20 @@ class SteerMoEDemo:
             raise gr.Error(f"Unknown task {task!r}: choose one of {', '.join(TASKS)}.")
         answer = ""
         if task == "Transcribe":
-            if not loaded.processor.has_speech(samples, rate):
+            # 30 s at a time, each through the no-speech gate (a silent segment gives no text).
+            step = SEGMENT_SECONDS * rate
+            segments = [samples[start : start + step] for start in range(0, samples.shape[0], step)]
+            spoken = [segment for segment in segments if loaded.processor.has_speech(segment, rate)]
+            if not spoken:
                 gr.Info("No speech found in the clip (it is silent or too short): no transcript.")
-            else:
-                step = SEGMENT_SECONDS * rate
-                starts = range(0, samples.shape[0], step)
-                for index, start in enumerate(starts):
-                    if len(starts) > 1:
-                        progress((index, len(starts)), desc=f"Segment {index + 1} of {len(starts)}", unit="segments")
-                    inputs = loaded.processor.apply_transcription_request(samples[start : start + step], sampling_rate=rate)
-                    done = answer + " " if answer else ""
-                    for text in self.stream(loaded, inputs):
-                        answer = done + text.lstrip()
-                        yield answer, gr.skip(), chat_view, history
+            for index, segment in enumerate(spoken):
+                if len(spoken) > 1:
+                    progress((index, len(spoken)), desc=f"Segment {index + 1} of {len(spoken)}", unit="segments")
+                inputs = loaded.processor.apply_transcription_request(segment, sampling_rate=rate)
+                done = answer.rstrip() + " " if answer else ""
+                for text in self.stream(loaded, inputs):
+                    answer = done + text.lstrip()
+                    yield answer, gr.skip(), chat_view, history
         elif task == "Ask a question":
             inputs = loaded.processor.apply_transcription_request(samples, prompt=question, sampling_rate=rate)
             for answer in self.stream(loaded, inputs):
