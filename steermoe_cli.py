@@ -2,6 +2,7 @@
 """steermoe-transcribe: transcribe (or ask about) audio files with a SteerMoE model from a folder or the Hub.
 
     steermoe-transcribe --model my-org/steermoe-adapter recordings/ "calls/*.flac" --format jsonl
+    steermoe-transcribe --model my-org/steermoe-adapter --stream talk.wav     # text as it is generated
 
 Unreadable or empty files are reported by name and skipped; the rest still run; the exit code is 1 if any failed.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import pipeline
+from transformers import TextStreamer, pipeline
 
 
 try:
@@ -67,6 +68,29 @@ def write(out, fmt: str, path: Path, seconds: float, rtf: float, texts: list[str
     out.flush()
 
 
+class FileTextStreamer(TextStreamer):
+    """transformers' `TextStreamer` writing the answer to `out` as soon as each word is final, instead of printing
+    it; special tokens are skipped and the text is stripped as the pipeline strips it (trailing spaces are held
+    back until more text follows)."""
+
+    def __init__(self, tokenizer, out):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out = out
+        self.written = False
+        self.held = ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        text = self.held + text
+        if not self.written:
+            text = text.lstrip()
+        kept = text.rstrip()
+        self.held = "" if stream_end else text[len(kept) :]
+        if kept:
+            self.out.write(kept)
+            self.out.flush()
+            self.written = True
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="steermoe-transcribe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="Audio files, folders or glob patterns (WAV, FLAC, OGG, MP3).")
@@ -82,6 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
                         help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf; srt: one segment per 30 s.")  # fmt: skip
     parser.add_argument("--output", help="Write here instead of standard output.")
+    parser.add_argument("--stream", action="store_true",
+                        help="Write each file's text as it is generated ('file<TAB>' then the words as they come).")  # fmt: skip
     parser.add_argument("--speech-threshold-db", type=float, default=None,
                         help=f"No-speech gate for transcription: clips whose loudest 30 ms is below this level (dBFS) "
                              f"give an empty transcript (default: the model's processor, {DEFAULT_SPEECH_THRESHOLD_DB:g}).")  # fmt: skip
@@ -91,6 +117,8 @@ def parse_args(argv=None):
         parser.error("--task qa needs --prompt with the question")
     if args.task == "chat" and args.prompt:
         parser.error("--task chat takes no --prompt: the audio is the user's turn")
+    if args.stream and (args.format != "text" or args.batch_size != 1):
+        parser.error("--stream writes one clip's text at a time: it takes --format text and --batch-size 1")
     return args
 
 
@@ -129,7 +157,13 @@ def main(argv=None) -> int:
             step = int(SEGMENT_SECONDS * rate) if args.format == "srt" else samples.shape[0]
             pieces = [{"array": samples[i : i + step], "sampling_rate": rate} for i in range(0, samples.shape[0], step)]
             clips.append((path, samples.shape[0] / rate, pieces))
-        if clips:
+        if clips and args.stream:
+            path, _, pieces = clips[0]
+            out.write(f"{path}\t")
+            asr(pieces[0], generate_kwargs={"streamer": FileTextStreamer(asr.tokenizer, out)}, **call_kwargs)
+            out.write("\n")
+            out.flush()
+        elif clips:
             start = time.perf_counter()
             results = iter(asr([piece for _, _, pieces in clips for piece in pieces], **call_kwargs))
             rtf = (time.perf_counter() - start) / sum(seconds for _, seconds, _ in clips)

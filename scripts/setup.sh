@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing), installs SteerMoE with its test dependencies into it, and installs espeak-ng (used
-# to synthesize the demo's speech) when the system package manager can. Idempotent.
+# Creates .venv (if missing), installs SteerMoE with its test and demo dependencies into it, and installs espeak-ng
+# (used to synthesize the demo's speech) and Chromium with its WebDriver (the web demo's browser test) when the
+# system package manager can. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -11,15 +12,22 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev]"
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
-    $SUDO apt-get install -y --no-install-recommends espeak-ng >/dev/null 2>&1 \
-      || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y --no-install-recommends espeak-ng >/dev/null 2>&1; } \
-      || echo "setup: could not install espeak-ng; the demo needs it (apt-get install espeak-ng / brew install espeak-ng)" >&2
+.venv/bin/python -m pip install --quiet -e ".[dev,demo]"
+
+# system_install <command> <why> <packages...>: apt-get install the packages unless <command> exists.
+system_install() {
+  local command=$1 why=$2
+  shift 2
+  command -v "$command" >/dev/null 2>&1 && return 0
+  local sudo=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; }; then
+    $sudo apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 \
+      || { $sudo apt-get update >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1; } \
+      || echo "setup: could not install $*; $why (apt-get install $*)" >&2
   else
-    echo "setup: espeak-ng is not installed; the demo needs it (apt-get install espeak-ng / brew install espeak-ng)" >&2
+    echo "setup: $command is not installed; $why (apt-get install $*)" >&2
   fi
-fi
+}
+system_install espeak-ng "the demo needs it to synthesize speech" espeak-ng
+system_install chromedriver "the web demo's browser test needs it" chromium chromium-driver

@@ -1,12 +1,14 @@
 """The benchmark scripts run at the tiny size and write their JSON (figures are not asserted: they are timings)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import soundfile
 import torch
-from conftest import ROOT
+from conftest import ROOT, speechlike
 
 SCRIPTS = {
     "encoder_overhead": ["--seconds", "2"],
@@ -132,3 +134,22 @@ def test_encoder_overhead_plain_pass_is_the_frozen_whisper_encoder():
         plain = encoder_passes(model, features, torch.ones(1, 3000))["plain"]()
         library = model.audio_encoder(features).last_hidden_state
     torch.testing.assert_close(model.audio_encoder.layer_norm(plain), library, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_benchmark_measures_first_token_and_live_mode(backbone_dirs, tmp_path):
+    from adapters import save_readable_adapter
+
+    adapter = save_readable_adapter(tmp_path / "adapter", backbone_dirs)
+    soundfile.write(tmp_path / "clip.wav", speechlike(4.0, seed=1), 16000)
+    command = [sys.executable, str(ROOT / "bench" / "streaming.py"), "--size", "tiny", "--device", "cpu",
+               "--repeats", "1", "--warmup", "0", "--seconds", "2", "--new_tokens", "4", "--output_dir", str(tmp_path),
+               "--adapter", str(adapter), "--audio", str(tmp_path / "clip.wav"), "--synthesize", "false",
+               "--max_new_tokens", "8"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((tmp_path / "streaming-tiny-cpu.json").read_text())
+    assert [row["path"] for row in first["rows"]][1] == "streamed: first token"
+    assert 0 < first["rows"][1]["vs_offline"] < first["rows"][2]["vs_offline"]  # the first token comes before the last
+    (live,) = json.loads((tmp_path / "live-tiny-cpu.json").read_text())["rows"]
+    assert live["clip"] == "clip.wav" and live["decodings"] >= 2 and 0 <= live["wer_vs_offline"]
+    assert live["end_latency_s"] > 0 and "adapter" in result.stdout

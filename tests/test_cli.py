@@ -1,7 +1,11 @@
+import io
 import json
+import sys
 
+import numpy as np
 import pytest
 import soundfile
+from adapters import save_readable_adapter
 
 from conftest import speechlike
 
@@ -49,3 +53,36 @@ def test_cli_srt_segments_and_glob(model, processor, tmp_path, capsys):
 def test_cli_qa_needs_a_question(tmp_path):
     with pytest.raises(SystemExit):
         steermoe_cli.parse_args([str(tmp_path), "--model", "m", "--task", "qa"])
+
+
+class RecordingOutput(io.StringIO):
+    """Standard output that remembers each write."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_cli_stream_writes_the_text_as_it_is_generated(backbone_dirs, tmp_path, monkeypatch):
+    adapter = save_readable_adapter(tmp_path / "model", backbone_dirs)
+    soundfile.write(tmp_path / "a.wav", speechlike(1.5, seed=1), 16000)
+    soundfile.write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
+    common = [str(tmp_path / "a.wav"), str(tmp_path / "silent.wav"), "--model", str(adapter), "--max-new-tokens", "24",
+              "--dtype", "float32", "--device", "cpu"]  # fmt: skip
+    assert steermoe_cli.main([*common, "--output", str(tmp_path / "offline.txt")]) == 0
+    streamed = RecordingOutput()
+    monkeypatch.setattr(sys, "stdout", streamed)
+    assert steermoe_cli.main([*common, "--stream"]) == 0
+    assert streamed.getvalue() == (tmp_path / "offline.txt").read_text()
+    first_line = streamed.getvalue().splitlines()[0]
+    assert len(first_line.split("\t")[1].split()) >= 3
+    pieces = streamed.writes[1 : streamed.writes.index("\n")]  # after "a.wav<TAB>", before the line's end
+    assert len([piece for piece in pieces if piece]) >= 3  # the words came one write at a time
+    with pytest.raises(SystemExit):
+        steermoe_cli.parse_args([*common, "--stream", "--format", "jsonl"])
+    with pytest.raises(SystemExit):
+        steermoe_cli.parse_args([*common, "--stream", "--batch-size", "2"])
