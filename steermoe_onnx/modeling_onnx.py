@@ -1,0 +1,280 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""SteerMoE on ONNX Runtime: the graphs written by `steermoe_onnx.export_onnx`, run by `onnxruntime` sessions behind
+the same `generate` as the PyTorch model (transformers' generation loop, so the generation config, stop strings,
+beam search, streamers and the ASR pipeline behave as they do with PyTorch)."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import cached_file
+
+from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens  # the repo's root modules (py_modules)
+from modeling_steermoe import _right_to_left_padding
+
+from .export import EXPORT_SUBFOLDER, GRAPHS, MANIFEST_NAME, PRECISIONS
+
+
+def open_session(path, session_options=None, providers=None):
+    """An ONNX Runtime session on `path` (the CPU execution provider unless `providers` says otherwise)."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("The ONNX backend needs onnxruntime: pip install 'steermoe[onnx]'") from error
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+    )
+
+
+class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """A SteerMoE export run by ONNX Runtime, called as [`SteerMoEForConditionalGeneration`] is.
+
+    `from_pretrained(adapter)` opens `<adapter>/onnx/` (or an export folder itself; a Hub id works too), at
+    `precision="fp32"` or `"int8"`. `generate(**processor_outputs)` returns the prompt then the new tokens, with the
+    saved generation config applied; `forward` runs one LLM step and returns the logits of the last position and the
+    KV cache; `get_audio_features` gives the audio embeddings `(windows, tokens, text_hidden_size)`. No PyTorch
+    weights are loaded: torch only carries tensors between the sessions and transformers' generation loop.
+    """
+
+    config_class = SteerMoEConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+
+    def __init__(self, config, sessions: dict, manifest: dict, source: tuple | None = None):
+        super().__init__(config)
+        self.sessions = sessions
+        self.manifest = manifest
+        self._source = source
+        text_config = config.text_config
+        self._kv_heads = text_config.num_key_value_heads
+        self._head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        self._decoder_outputs = [output.name for output in sessions["decoder_model"].get_outputs()]
+        encoder = config.audio_config
+        self._max_frames = encoder.max_source_positions * 2  # Whisper's conv stem halves the frame rate
+        self.post_init()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, precision: str = "fp32", session_options=None, providers=None, **hub_kwargs
+    ):
+        """Open the export in `pretrained_model_name_or_path` (its `onnx/` subfolder, or the folder itself).
+
+        Args:
+            precision (`str`, defaults to `"fp32"`): `"fp32"` or `"int8"` (the export must have been made with int8).
+            session_options (`onnxruntime.SessionOptions`, *optional*): e.g. `intra_op_num_threads`.
+            providers (`list`, *optional*): ONNX Runtime execution providers; `["CPUExecutionProvider"]` by default.
+            hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` for a Hub id.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        source = str(pretrained_model_name_or_path)
+        subfolder, manifest_file = _find_export(source, hub_kwargs)
+        manifest = json.loads(Path(manifest_file).read_text())
+        sessions = {}
+        for name in GRAPHS:
+            entry = manifest["graphs"][name].get(precision)
+            if entry is None:
+                raise ValueError(
+                    f"The ONNX export in {source} has no {precision} graphs: re-export with "
+                    f"`python -m steermoe_onnx export <adapter> --int8`."
+                )
+            path = cached_file(source, entry["file"], subfolder=subfolder, **hub_kwargs)
+            cached_file(  # the weights file sits next to its graph (fetched too for a Hub id)
+                source, entry["file"] + ".data", subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+            )
+            sessions[name] = open_session(path, session_options, providers)
+        config = SteerMoEConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
+        model = cls(config, sessions, manifest, source=(source, subfolder, hub_kwargs))
+        model.generation_config = GenerationConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
+        return model
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Audio embeddings for the LLM, `(windows, tokens, text_hidden_size)`, zero past each window's real length,
+        from log-mel `input_features` `(windows, num_mel_bins, frames)` (each window at most 30 s)."""
+        if input_features.shape[-1] > self._max_frames:
+            raise ValueError(
+                f"An audio window has {input_features.shape[-1]} feature frames but the encoder takes at most "
+                f"{self._max_frames} (30 s); split longer audio into windows with the SteerMoEProcessor."
+            )
+        if feature_attention_mask is None:
+            feature_attention_mask = torch.ones(input_features.shape[:1] + input_features.shape[-1:], dtype=torch.long)
+        feed = {
+            "input_features": _array(input_features, np.float32),
+            "feature_attention_mask": _array(feature_attention_mask, np.int64),
+        }
+        return torch.from_numpy(self.sessions["audio_encoder"].run(None, feed)[0])
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's input embeddings of `input_ids` `(batch, length)`: `(batch, length, text_hidden_size)`."""
+        return torch.from_numpy(self.sessions["embed_tokens"].run(None, {"input_ids": _array(input_ids, np.int64)})[0])
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Bool mask `(batch, seq_len)` of the audio placeholder tokens."""
+        return input_ids == self.config.audio_token_id
+
+    def _merge_audio_into_embeddings(self, input_ids, input_features, feature_attention_mask) -> torch.Tensor:
+        """Text embeddings with the audio placeholders replaced, in order, by the audio frames of all windows."""
+        placeholder_mask = self.get_placeholder_mask(input_ids)
+        audio_embeds = self.get_audio_features(input_features, feature_attention_mask)
+        lengths = (
+            feature_attention_mask.sum(-1).tolist()
+            if feature_attention_mask is not None
+            else [input_features.shape[-1]] * input_features.shape[0]
+        )
+        counts = torch.tensor(
+            [
+                get_num_audio_tokens(int(n), self.config.audio_frames_per_token, self.config.audio_conv_layers)
+                for n in lengths
+            ]
+        )
+        audio_embeds = audio_embeds[torch.arange(audio_embeds.shape[1]) < counts[:, None]]
+        num_placeholders = int(placeholder_mask.sum())
+        if num_placeholders != audio_embeds.shape[0]:
+            raise ValueError(
+                f"The text holds {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
+                f"the audio gives {audio_embeds.shape[0]} frames. Build inputs with the processor saved with this "
+                "export."
+            )
+        inputs_embeds = self.embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
+        return inputs_embeds.masked_scatter(placeholder_mask[..., None], audio_embeds)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: DynamicCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""One LLM step on ONNX Runtime.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, length)`): new tokens (with audio placeholders when
+                `input_features` are given), unless `inputs_embeds` are.
+            attention_mask (`torch.Tensor` of shape `(batch, past + length)`, *optional*): padding mask.
+            position_ids (`torch.LongTensor` of shape `(batch, length)`, *optional*): defaults to the positions
+                after the cache.
+            cache (`DynamicCache`, *optional*): the KV cache, updated in place (new when not given).
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, length, text_hidden_size)`, *optional*).
+            input_features, feature_attention_mask (*optional*): audio for the placeholders, as the processor writes.
+        Returns:
+            [`CausalLMOutputWithPast`] with `logits` `(batch, 1, vocab)` of the last position and the `cache`.
+        """
+        if inputs_embeds is None:
+            if input_features is not None:
+                inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            else:
+                inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        cache = cache if cache is not None else DynamicCache(config=self.config.text_config)
+        past = cache.get_seq_length()
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length).expand(batch, -1)
+        feed = {
+            "inputs_embeds": _array(inputs_embeds, np.float32),
+            "attention_mask": _array(attention_mask, np.int64),
+            "position_ids": _array(position_ids, np.int64),
+        }
+        empty = np.zeros((batch, self._kv_heads, 0, self._head_dim), dtype=np.float32)
+        for index, layer in enumerate(cache.layers):
+            feed[f"past_key_values.{index}.key"] = _array(layer.keys, np.float32) if past else empty
+            feed[f"past_key_values.{index}.value"] = _array(layer.values, np.float32) if past else empty
+        outputs = dict(zip(self._decoder_outputs, self.sessions["decoder_model"].run(None, feed)))
+        for index, layer in enumerate(cache.layers):
+            # The graph returns the whole updated cache: it replaces the layer's tensors (no second concatenation).
+            keys, values = (torch.from_numpy(outputs[f"present.{index}.{kind}"]) for kind in ("key", "value"))
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        return CausalLMOutputWithPast(logits=torch.from_numpy(outputs["logits"]), cache=cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """As `SteerMoEForConditionalGeneration.generate`: the saved generation config (stop strings included)
+        applies, keyword arguments override it, right padding is moved to the left, and the result is the prompt
+        followed by the new tokens, `(batch, prompt_len + new_tokens)`."""
+        generation_config = copy.deepcopy(generation_config or self.generation_config)
+        kwargs = generation_config.update(**kwargs)
+        if generation_config.stop_strings and kwargs.get("tokenizer") is None:
+            kwargs["tokenizer"] = self._stop_strings_tokenizer()
+        if input_ids is None:
+            raise ValueError("generate needs input_ids: the prompt, with audio placeholders where the audio goes.")
+        if attention_mask is not None:
+            input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
+        if input_features is None:
+            return super().generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+            )
+        inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+        pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
+        output = super().generate(
+            input_ids=input_ids.masked_fill(self.get_placeholder_mask(input_ids), pad_id),
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            **kwargs,
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        sequences[:, : input_ids.shape[1]] = input_ids
+        return output
+
+    def _stop_strings_tokenizer(self):
+        """The tokenizer saved with the export, loaded once, for generation configs with `stop_strings`."""
+        if getattr(self, "_cached_stop_strings_tokenizer", None) is None:
+            if self._source is None:
+                raise ValueError("Stop strings need a tokenizer: pass tokenizer=processor.tokenizer to generate.")
+            source, subfolder, hub_kwargs = self._source
+            self._cached_stop_strings_tokenizer = AutoTokenizer.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
+        return self._cached_stop_strings_tokenizer
+
+
+def _array(tensor: torch.Tensor, dtype) -> np.ndarray:
+    """A contiguous numpy view (or copy, when the dtype or layout differs) of a CPU tensor."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+
+
+def _find_export(source: str, hub_kwargs: dict) -> tuple[str, str]:
+    """`(subfolder, manifest path)` of the export in `source`: its `onnx/` subfolder, or the folder itself."""
+    for subfolder in (EXPORT_SUBFOLDER, ""):
+        try:
+            manifest = cached_file(
+                source, MANIFEST_NAME, subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+            )
+        except (OSError, ValueError):
+            manifest = None
+        if manifest is not None:
+            return subfolder, manifest
+    raise FileNotFoundError(
+        f"No SteerMoE ONNX export ({MANIFEST_NAME}) in {source} or its {EXPORT_SUBFOLDER}/ subfolder: export it "
+        f"first with `python -m steermoe_onnx export {source}`."
+    )
+
+
+__all__ = ["SteerMoEOnnxForConditionalGeneration"]
