@@ -6,7 +6,7 @@
 """
 
 from .export import SteerMoEAudioGraph, check_exportable, export_onnx
-from .modeling_onnx import SteerMoEOnnxForConditionalGeneration
+from .modeling_onnx import SteerMoEOnnxForConditionalGeneration, onnx_pipeline
 
 
-__all__ = ["SteerMoEAudioGraph", "SteerMoEOnnxForConditionalGeneration", "check_exportable", "export_onnx"]
+__all__ = ["SteerMoEAudioGraph", "SteerMoEOnnxForConditionalGeneration", "check_exportable", "export_onnx", "onnx_pipeline"]

@@ -35,10 +35,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("steermoe_onnx").setLevel(logging.INFO)
     args = parse_args(argv)
     model = SteerMoEForConditionalGeneration.from_pretrained(args.adapter, dtype=torch.float32)
-    processor = SteerMoEProcessor.from_pretrained(args.adapter)
+    processor = SteerMoEProcessor.from_pretrained(args.adapter, trust_remote_code=True)
     export_onnx(model, processor, args.output, int8=args.int8, source=args.adapter)
     return 0
 

@@ -122,14 +122,14 @@ def export_onnx(model, processor, output_dir, int8: bool = False, source: str | 
     for step in progress:
         progress.set_postfix_str(step)
         if step in GRAPHS:
-            graphs[step] = {"fp32": _export_graph(step, model, samples[step], output_dir)}
+            graphs[step] = _export_graph(step, model, samples[step], output_dir)
         elif step == "check":
             check = _check_against_pytorch(model, samples, output_dir)
         else:
             name = step.split()[0]
-            graphs[name]["int8"] = _quantize_graph(output_dir / graphs[name]["fp32"]["file"])
+            graphs[name]["files"]["int8"] = _quantize_graph(output_dir / graphs[name]["files"]["fp32"])
     if int8:  # the embedding table is looked up, not multiplied: both precisions share the fp32 graph
-        graphs["embed_tokens"]["int8"] = graphs["embed_tokens"]["fp32"]
+        graphs["embed_tokens"]["files"]["int8"] = graphs["embed_tokens"]["files"]["fp32"]
     _save_runtime_files(model, processor, output_dir)
     manifest = _manifest(model, graphs, check, int8, source)
     (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -171,7 +171,8 @@ def _sample_inputs(model, processor) -> dict[str, dict]:
 
 
 def _export_graph(name: str, model, inputs: dict, output_dir: Path) -> dict:
-    """Trace one graph, give its inputs and outputs their documented names, save it; returns its manifest entry."""
+    """Trace one graph, give its inputs, outputs and dynamic axes their documented names, save it; returns its
+    manifest entry."""
     from transformers.exporters import OnnxConfig, OnnxExporter
 
     module = {
@@ -182,42 +183,69 @@ def _export_graph(name: str, model, inputs: dict, output_dir: Path) -> dict:
     inputs = copy.deepcopy(inputs)
     with torch.no_grad():
         program = OnnxExporter().export(module, inputs, OnnxConfig(dynamic=True)).program
-    _rename_io(program, name)
+    _name_io(program, name, model.config)
     path = output_dir / f"{name}.onnx"
     _remove_graph(path)
     OnnxExporter.save_program(program, path)
-    return {"file": path.name, **_io_spec(program)}
+    return {"files": {"fp32": path.name}, **_io_spec(program)}
 
 
-def _rename_io(program, name: str) -> None:
-    """The names ONNX Runtime loops and other tools expect: `input_ids`/`inputs_embeds`, `audio_embeds`,
-    `past_key_values.{i}.key|value` -> `present.{i}.key|value`, `logits`."""
+def _io_shapes(config) -> dict[str, dict[str, tuple]]:
+    """Each graph's inputs and outputs with their axes: a name for a dynamic axis, a size for a fixed one."""
+    text = config.text_config
+    width = text.hidden_size
+    kv = (text.num_key_value_heads, getattr(text, "head_dim", None) or width // text.num_attention_heads)
+    return {
+        "audio_encoder": {
+            "input_features": ("windows", config.audio_config.num_mel_bins, "frames"),
+            "feature_attention_mask": ("windows", "frames"),
+            "audio_embeds": ("windows", "tokens", width),
+        },
+        "embed_tokens": {"input_ids": ("batch", "length"), "inputs_embeds": ("batch", "length", width)},
+        "decoder_model": {
+            "inputs_embeds": ("batch", "length", width),
+            "attention_mask": ("batch", "total_length"),
+            "position_ids": ("batch", "length"),
+            "past_key_values": ("batch", kv[0], "past_length", kv[1]),
+            "logits": ("batch", 1, text.vocab_size),
+            "present": ("batch", kv[0], "total_length", kv[1]),
+        },
+    }
+
+
+def _name_io(program, name: str, config) -> None:
+    """The names ONNX Runtime loops and other tools expect (`input_ids`, `inputs_embeds`, `audio_embeds`,
+    `past_key_values.{i}.key|value` in, `present.{i}.key|value` out, `logits`) and named dynamic axes."""
+    import onnx_ir
+
     graph = program.graph
     renames = {"input": "input_ids", "output": "inputs_embeds"} if name == "embed_tokens" else {}
+    shapes = _io_shapes(config)[name]
     for value in [*graph.inputs, *graph.outputs]:
         match = _CACHE_NAME.match(value.name)
         if match:
             direction, layer, kind = match.groups()
             prefix = "present" if direction == "output." else "past_key_values"
             value.name = f"{prefix}.{layer}.{kind[:-1]}"
-        elif value.name in renames:
-            value.name = renames[value.name]
+        else:
+            value.name = renames.get(value.name, value.name)
+        value.shape = onnx_ir.Shape(shapes[value.name.split(".")[0]])
 
 
 def _io_spec(program) -> dict:
-    """`{"inputs": {name: [dims]}, "outputs": {...}}` with symbolic dims as strings."""
+    """`{"inputs": {name: axes}, "outputs": {...}}` for the manifest."""
 
-    def dims(value):
+    def axes(value):
         return [dim if isinstance(dim, int) else str(dim) for dim in value.shape]
 
     return {
-        "inputs": {value.name: dims(value) for value in program.graph.inputs},
-        "outputs": {value.name: dims(value) for value in program.graph.outputs},
+        "inputs": {value.name: axes(value) for value in program.graph.inputs},
+        "outputs": {value.name: axes(value) for value in program.graph.outputs},
     }
 
 
-def _quantize_graph(path: Path) -> dict:
-    """Dynamic int8 quantization of one saved graph with ONNX Runtime's tool; returns its manifest entry."""
+def _quantize_graph(path: Path) -> str:
+    """Dynamic int8 quantization of one saved graph with ONNX Runtime's tool; returns the new file's name."""
     from transformers.exporters import OnnxExporter, OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
     from transformers.exporters.configs import ExportFormat
 
@@ -227,7 +255,7 @@ def _quantize_graph(path: Path) -> dict:
     target = path.with_name(path.name.replace(".onnx", ".int8.onnx"))
     _remove_graph(target)
     OnnxExporter.save_program(quantized, target)
-    return {"file": target.name, **_io_spec(quantized)}
+    return target.name
 
 
 def _remove_graph(path: Path) -> None:

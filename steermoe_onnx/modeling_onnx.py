@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoProcessor, AutoTokenizer, DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import pipeline as transformers_pipeline
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
 from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens  # the repo's root modules (py_modules)
 from modeling_steermoe import _right_to_left_padding
+from pipeline_steermoe import SteerMoEASRPipeline
 
 from .export import EXPORT_SUBFOLDER, GRAPHS, MANIFEST_NAME, PRECISIONS
 
@@ -84,15 +86,15 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
         manifest = json.loads(Path(manifest_file).read_text())
         sessions = {}
         for name in GRAPHS:
-            entry = manifest["graphs"][name].get(precision)
-            if entry is None:
+            file = manifest["graphs"][name]["files"].get(precision)
+            if file is None:
                 raise ValueError(
                     f"The ONNX export in {source} has no {precision} graphs: re-export with "
                     f"`python -m steermoe_onnx export <adapter> --int8`."
                 )
-            path = cached_file(source, entry["file"], subfolder=subfolder, **hub_kwargs)
+            path = cached_file(source, file, subfolder=subfolder, **hub_kwargs)
             cached_file(  # the weights file sits next to its graph (fetched too for a Hub id)
-                source, entry["file"] + ".data", subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+                source, file + ".data", subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
             )
             sessions[name] = open_session(path, session_options, providers)
         config = SteerMoEConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
@@ -255,6 +257,26 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self._cached_stop_strings_tokenizer
 
 
+def onnx_pipeline(model, precision: str = "fp32", session_options=None, **pipeline_kwargs) -> SteerMoEASRPipeline:
+    """`pipeline("automatic-speech-recognition", ...)` on ONNX Runtime: the SteerMoE ASR pipeline (same inputs,
+    batching, long audio, no-speech gate and generation config) over the export in `model` (an adapter folder or Hub
+    id with an `onnx/` export, or an export folder), at `precision` "fp32" or "int8"."""
+    onnx_model = SteerMoEOnnxForConditionalGeneration.from_pretrained(
+        model, precision=precision, session_options=session_options
+    )
+    source, subfolder, hub_kwargs = onnx_model._source
+    processor = AutoProcessor.from_pretrained(source, subfolder=subfolder, trust_remote_code=True, **hub_kwargs)
+    return transformers_pipeline(
+        "automatic-speech-recognition",
+        model=onnx_model,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        feature_extractor=processor.feature_extractor,
+        pipeline_class=SteerMoEASRPipeline,
+        **pipeline_kwargs,
+    )
+
+
 def _array(tensor: torch.Tensor, dtype) -> np.ndarray:
     """A contiguous numpy view (or copy, when the dtype or layout differs) of a CPU tensor."""
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
@@ -277,4 +299,4 @@ def _find_export(source: str, hub_kwargs: dict) -> tuple[str, str]:
     )
 
 
-__all__ = ["SteerMoEOnnxForConditionalGeneration"]
+__all__ = ["SteerMoEOnnxForConditionalGeneration", "onnx_pipeline"]
