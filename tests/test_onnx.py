@@ -1,7 +1,6 @@
 """ONNX export and the ONNX Runtime backend: exported audio embeddings equal PyTorch's within 1e-4, generation equals
 PyTorch's token for token (greedy, beams, batches, text only, the pipeline and the CLI), unsupported models and
-options are refused by name. One export of the tiny pair per module; the real pair's export is in
-test_onnx_shared_pair."""
+options are refused by name. One export of the tiny pair per module, and one of the real pair (skipped where absent)."""
 
 import json
 import shutil
@@ -12,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import ROOT, speechlike
-from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer
+from conftest import ROOT, SHARED, speechlike
+from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, pipeline
 
 import steermoe_cli
 from backbones import save_wav2vec2_family
@@ -26,6 +25,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX backend needs pip install 's
 pytest.importorskip("onnxscript", reason="the ONNX export needs pip install 'steermoe[onnx]'")
 
 from steermoe_onnx import SteerMoEOnnxForConditionalGeneration, check_exportable, export_onnx, onnx_pipeline  # noqa: E402
+from steermoe_onnx.__main__ import main as steermoe_onnx_main  # noqa: E402
 from steermoe_onnx.export import MANIFEST_NAME  # noqa: E402
 
 
@@ -198,3 +198,42 @@ def test_bench_runs_on_the_export(exported, tmp_path):
     assert backends == ["pytorch", "onnx fp32", "onnx int8"]
     assert all(row["peak_rss_mb"] > 0 and row["decode_tokens_per_s"] > 0 for row in payload["rows"])
     assert "|" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory):
+    """The real pair (Whisper tiny.en encoder + stories260K) with a seeded aligner, saved with the demo's stop string
+    and exported with `python -m steermoe_onnx export` (fp32)."""
+    audio_dir, text_dir = SHARED / "models" / "whisper-tiny.en-encoder", SHARED / "models" / "stories260K"
+    if not (audio_dir.is_dir() and text_dir.is_dir()):
+        pytest.skip(f"real backbones not found under {SHARED / 'models'} (only on developer machines and CI)")
+    processor = SteerMoEProcessor(AutoFeatureExtractor.from_pretrained(audio_dir), AutoTokenizer.from_pretrained(text_dir))
+    torch.manual_seed(0)
+    config = SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir), audio_token_id=processor.audio_token_id)
+    model = SteerMoEForConditionalGeneration(config, dtype=torch.float32)
+    with torch.no_grad():
+        model.aligner.projector.weight.normal_(std=0.1)
+    model.generation_config.stop_strings = ["."]
+    adapter = tmp_path_factory.mktemp("real") / "adapter"
+    model.save_pretrained(adapter)
+    processor.save_pretrained(adapter)
+    assert steermoe_onnx_main(["export", str(adapter)]) == 0
+    return adapter, model.eval(), processor
+
+
+def test_real_pair_embeddings_and_greedy_transcripts_equal_pytorch(real_export):
+    adapter, model, processor = real_export
+    files = sorted(str(path) for path in (SHARED / "audio").iterdir())
+    onnx_model = SteerMoEOnnxForConditionalGeneration.from_pretrained(adapter)
+    inputs = processor.apply_transcription_request(files)
+    assert len(set(inputs["feature_attention_mask"].sum(-1).tolist())) == len(files)  # real lengths, padded batch
+    with torch.no_grad():
+        expected = model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+    got = onnx_model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+    assert (got - expected).abs().max() < 1e-4
+    asr_pytorch = pipeline("automatic-speech-recognition", model=str(adapter), trust_remote_code=True, dtype=torch.float32)
+    asr_onnx = onnx_pipeline(str(adapter))
+    expected_texts = [out["text"] for out in asr_pytorch(files, max_new_tokens=24)]
+    assert [out["text"] for out in asr_onnx(files, max_new_tokens=24)] == expected_texts
+    assert all(text.strip() for text in expected_texts)
+    assert [out["text"] for out in asr_onnx(files, max_new_tokens=24, batch_size=3)] == expected_texts
