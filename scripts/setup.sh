@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing), installs SteerMoE with its test dependencies into it, and installs espeak-ng (used
-# to synthesize the demo's speech) when the system package manager can. Idempotent.
+# Creates .venv (if missing), installs SteerMoE with its test dependencies (and the ONNX extra) into it, and installs
+# espeak-ng (used to synthesize the demo's speech) when the system package manager can. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -11,7 +11,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,onnx]"
 if ! command -v espeak-ng >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi

@@ -224,6 +224,11 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
         followed by the new tokens, `(batch, prompt_len + new_tokens)`."""
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         kwargs = generation_config.update(**kwargs)
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"The ONNX backend keeps its KV cache in a dynamic cache; cache_implementation="
+                f"{generation_config.cache_implementation!r} is for the PyTorch backend."
+            )
         if generation_config.stop_strings and kwargs.get("tokenizer") is None:
             kwargs["tokenizer"] = self._stop_strings_tokenizer()
         if input_ids is None:

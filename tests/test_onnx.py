@@ -26,7 +26,8 @@ pytest.importorskip("onnxscript", reason="the ONNX export needs pip install 'ste
 
 from steermoe_onnx import SteerMoEOnnxForConditionalGeneration, check_exportable, export_onnx, onnx_pipeline  # noqa: E402
 from steermoe_onnx.__main__ import main as steermoe_onnx_main  # noqa: E402
-from steermoe_onnx.export import MANIFEST_NAME  # noqa: E402
+from steermoe_onnx.export import MANIFEST_NAME, _export_graph, _sample_inputs  # noqa: E402
+from steermoe_onnx.modeling_onnx import open_session  # noqa: E402
 
 
 GREEDY = {"max_new_tokens": 8, "min_new_tokens": 8}
@@ -167,6 +168,28 @@ def test_unsupported_models_and_options_are_refused(exported, backbone_dirs, tmp
                  ["--onnx-precision", "int8"]):  # fmt: skip
         with pytest.raises(SystemExit):
             steermoe_cli.parse_args(["a.wav", "--model", str(adapter), *argv])
+
+
+def test_aligner_variants_and_encoder_lora_export(backbone_dirs, processor, tmp_path):
+    """The audio graph of the other aligner code paths (one router per layer, average pooling, MLP projector, LoRA in
+    the encoder) equals PyTorch's too."""
+    audio_dir, text_dir = backbone_dirs
+    config = SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir), aligner_type="per_layer_router",
+                            pooling_type="avg", projector_type="mlp", encoder_lora_rank=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = SteerMoEForConditionalGeneration(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "steering_vectors" in name:
+                parameter.normal_(std=0.5)
+    entry = _export_graph("audio_encoder", model, _sample_inputs(model, processor)["audio_encoder"], tmp_path)
+    session = open_session(tmp_path / entry["files"]["fp32"])
+    inputs = processor(text=[processor.audio_token] * 2, audio=clips()[:2], sampling_rate=16000)
+    features = inputs["input_features"], inputs["feature_attention_mask"]
+    with torch.no_grad():
+        expected = model.get_audio_features(*features).numpy()
+    got = session.run(None, {"input_features": features[0].numpy(), "feature_attention_mask": features[1].numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
 
 
 def test_export_folder_alone_loads_and_refuses_missing_int8(exported, tmp_path):
