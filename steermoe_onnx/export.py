@@ -33,6 +33,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "steermoe_onnx.json"
+LLM_GENERATION_CONFIG_NAME = "llm_generation_config.json"  # the LLM's own, under the adapter's generation_config.json
 EXPORT_SUBFOLDER = "onnx"
 FORMAT_NAME = "steermoe-onnx"
 FORMAT_VERSION = 1
@@ -298,8 +299,8 @@ def _check_against_pytorch(model, samples: dict, output_dir: Path) -> dict:
 
 
 def _save_runtime_files(model, processor, output_dir: Path) -> None:
-    """The config with the full backbone configs (ids dropped, kept in the manifest), the generation config and the
-    processor files."""
+    """The config with the full backbone configs (ids dropped, kept in the manifest), the generation configs (the
+    adapter's, and the LLM's own, which generation falls back on as PyTorch's LLM does) and the processor files."""
     config = copy.deepcopy(model.config)
     for key in ("audio_model_id", "audio_model_revision", "text_model_id", "text_model_revision"):
         setattr(config, key, None)
@@ -309,6 +310,7 @@ def _save_runtime_files(model, processor, output_dir: Path) -> None:
     config.architectures = ["SteerMoEOnnxForConditionalGeneration"]
     config.save_pretrained(output_dir)
     model.generation_config.save_pretrained(output_dir)
+    model.language_model.generation_config.save_pretrained(output_dir, config_file_name=LLM_GENERATION_CONFIG_NAME)
     processor.save_pretrained(output_dir)
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoProcessor, AutoTokenizer, DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import pipeline as transformers_pipeline
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
@@ -18,7 +26,7 @@ from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens  # the r
 from modeling_steermoe import _right_to_left_padding
 from pipeline_steermoe import SteerMoEASRPipeline
 
-from .export import EXPORT_SUBFOLDER, GRAPHS, MANIFEST_NAME, PRECISIONS
+from .export import EXPORT_SUBFOLDER, GRAPHS, LLM_GENERATION_CONFIG_NAME, MANIFEST_NAME, PRECISIONS
 
 
 def open_session(path, session_options=None, providers=None):
@@ -32,32 +40,8 @@ def open_session(path, session_options=None, providers=None):
     )
 
 
-class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
-    """A SteerMoE export run by ONNX Runtime, called as [`SteerMoEForConditionalGeneration`] is.
-
-    `from_pretrained(adapter)` opens `<adapter>/onnx/` (or an export folder itself; a Hub id works too), at
-    `precision="fp32"` or `"int8"`. `generate(**processor_outputs)` returns the prompt then the new tokens, with the
-    saved generation config applied; `forward` runs one LLM step and returns the logits of the last position and the
-    KV cache; `get_audio_features` gives the audio embeddings `(windows, tokens, text_hidden_size)`. No PyTorch
-    weights are loaded: torch only carries tensors between the sessions and transformers' generation loop.
-    """
-
-    config_class = SteerMoEConfig
-    base_model_prefix = ""
-    main_input_name = "input_ids"
-
-    def __init__(self, config, sessions: dict, manifest: dict, source: tuple | None = None):
-        super().__init__(config)
-        self.sessions = sessions
-        self.manifest = manifest
-        self._source = source
-        text_config = config.text_config
-        self._kv_heads = text_config.num_key_value_heads
-        self._head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-        self._decoder_outputs = [output.name for output in sessions["decoder_model"].get_outputs()]
-        encoder = config.audio_config
-        self._max_frames = encoder.max_source_positions * 2  # Whisper's conv stem halves the frame rate
-        self.post_init()
+class _CpuOnnxModel:
+    """What the ONNX models report to transformers: no weights, CPU float32 tensors in and out."""
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +50,99 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+
+class SteerMoEOnnxLanguageModel(_CpuOnnxModel, PreTrainedModel, GenerationMixin):
+    """The frozen LLM on ONNX Runtime (`embed_tokens.onnx` and `decoder_model.onnx` with its KV cache), a causal LM
+    for transformers' generation loop, with the LLM's own config and generation config."""
+
+    config_class = PreTrainedConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+
+    def __init__(self, config, embed_session, decoder_session):
+        super().__init__(config)
+        self.embed_session, self.decoder_session = embed_session, decoder_session
+        self._kv_shape = (config.num_key_value_heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        self._decoder_outputs = [output.name for output in decoder_session.get_outputs()]
+        self.post_init()
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of `input_ids` `(batch, length)`: `(batch, length, hidden_size)`."""
+        return torch.from_numpy(self.embed_session.run(None, {"input_ids": _array(input_ids, np.int64)})[0])
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: DynamicCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""One step of the LLM.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, length)`): the new tokens, unless `inputs_embeds` are given.
+            attention_mask (`torch.Tensor` of shape `(batch, past + length)`, *optional*): padding mask.
+            position_ids (`torch.LongTensor` of shape `(batch, length)`, *optional*): defaults to the positions after
+                the cache.
+            cache (`DynamicCache`, *optional*): the KV cache, updated in place (a new one when not given).
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, length, hidden_size)`, *optional*).
+            kwargs: other generation-time arguments, ignored.
+        Returns:
+            [`CausalLMOutputWithPast`] with `logits` `(batch, 1, vocab_size)` of the last position and the `cache`.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        cache = cache if cache is not None else DynamicCache(config=self.config)
+        past = cache.get_seq_length()
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length).expand(batch, -1)
+        feed = {
+            "inputs_embeds": _array(inputs_embeds, np.float32),
+            "attention_mask": _array(attention_mask, np.int64),
+            "position_ids": _array(position_ids, np.int64),
+        }
+        empty = np.zeros((batch, *self._kv_shape[:1], 0, self._kv_shape[1]), dtype=np.float32)
+        for index, layer in enumerate(cache.layers):
+            feed[f"past_key_values.{index}.key"] = _array(layer.keys, np.float32) if past else empty
+            feed[f"past_key_values.{index}.value"] = _array(layer.values, np.float32) if past else empty
+        outputs = dict(zip(self._decoder_outputs, self.decoder_session.run(None, feed)))
+        for index, layer in enumerate(cache.layers):
+            # The graph returns the whole updated cache: it replaces the layer's tensors (no second concatenation).
+            keys, values = (torch.from_numpy(outputs[f"present.{index}.{kind}"]) for kind in ("key", "value"))
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        return CausalLMOutputWithPast(logits=torch.from_numpy(outputs["logits"]), cache=cache)
+
+
+class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, GenerationMixin):
+    """A SteerMoE export run by ONNX Runtime, called as [`SteerMoEForConditionalGeneration`] is.
+
+    `from_pretrained(adapter)` opens `<adapter>/onnx/` (or an export folder itself; a Hub id works too), at
+    `precision="fp32"` or `"int8"`. `generate(**processor_outputs)` returns the prompt then the new tokens, with the
+    saved generation config applied; `get_audio_features` gives the audio embeddings; `forward` returns the logits
+    of the last position. The LLM is `language_model`, a [`SteerMoEOnnxLanguageModel`]. No PyTorch weights are
+    loaded: torch only carries tensors between the sessions and transformers' generation loop.
+    """
+
+    config_class = SteerMoEConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+
+    def __init__(self, config, audio_session, language_model, manifest: dict, source: tuple | None = None):
+        super().__init__(config)
+        self.audio_session = audio_session
+        self.language_model = language_model
+        self.manifest = manifest
+        self._source = source
+        self._max_frames = config.audio_config.max_source_positions * 2  # Whisper's conv stem halves the frame rate
+        self.post_init()
 
     @classmethod
     def from_pretrained(
@@ -98,7 +175,11 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
             sessions[name] = open_session(path, session_options, providers)
         config = SteerMoEConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
-        model = cls(config, sessions, manifest, source=(source, subfolder, hub_kwargs))
+        language_model = SteerMoEOnnxLanguageModel(config.text_config, sessions["embed_tokens"], sessions["decoder_model"])
+        language_model.generation_config = GenerationConfig.from_pretrained(
+            source, LLM_GENERATION_CONFIG_NAME, subfolder=subfolder, **hub_kwargs
+        )
+        model = cls(config, sessions["audio_encoder"], language_model, manifest, source=(source, subfolder, hub_kwargs))
         model.generation_config = GenerationConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
         return model
 
@@ -118,11 +199,7 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
             "input_features": _array(input_features, np.float32),
             "feature_attention_mask": _array(feature_attention_mask, np.int64),
         }
-        return torch.from_numpy(self.sessions["audio_encoder"].run(None, feed)[0])
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The LLM's input embeddings of `input_ids` `(batch, length)`: `(batch, length, text_hidden_size)`."""
-        return torch.from_numpy(self.sessions["embed_tokens"].run(None, {"input_ids": _array(input_ids, np.int64)})[0])
+        return torch.from_numpy(self.audio_session.run(None, feed)[0])
 
     def get_placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Bool mask `(batch, seq_len)` of the audio placeholder tokens."""
@@ -151,63 +228,34 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"the audio gives {audio_embeds.shape[0]} frames. Build inputs with the processor saved with this "
                 "export."
             )
-        inputs_embeds = self.embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
+        inputs_embeds = self.language_model.embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
         return inputs_embeds.masked_scatter(placeholder_mask[..., None], audio_embeds)
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: DynamicCache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
         input_features: torch.FloatTensor | None = None,
         feature_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        r"""One LLM step on ONNX Runtime.
+        r"""The LLM on the prompt with its audio placeholders filled (the plain LLM without `input_features`).
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, length)`): new tokens (with audio placeholders when
-                `input_features` are given), unless `inputs_embeds` are.
-            attention_mask (`torch.Tensor` of shape `(batch, past + length)`, *optional*): padding mask.
-            position_ids (`torch.LongTensor` of shape `(batch, length)`, *optional*): defaults to the positions
-                after the cache.
-            cache (`DynamicCache`, *optional*): the KV cache, updated in place (new when not given).
-            inputs_embeds (`torch.FloatTensor` of shape `(batch, length, text_hidden_size)`, *optional*).
-            input_features, feature_attention_mask (*optional*): audio for the placeholders, as the processor writes.
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): prompt ids with the audio placeholders.
+            attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*): text padding mask.
+            input_features, feature_attention_mask (*optional*): the audio windows, as the processor writes them.
+            kwargs: passed to [`SteerMoEOnnxLanguageModel.forward`] (`position_ids`, `cache`).
         Returns:
-            [`CausalLMOutputWithPast`] with `logits` `(batch, 1, vocab)` of the last position and the `cache`.
+            [`CausalLMOutputWithPast`] with `logits` `(batch, 1, vocab_size)` of the last position and the `cache`.
         """
-        if inputs_embeds is None:
-            if input_features is not None:
-                inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
-            else:
-                inputs_embeds = self.embed_tokens(input_ids)
-        batch, length = inputs_embeds.shape[:2]
-        cache = cache if cache is not None else DynamicCache(config=self.config.text_config)
-        past = cache.get_seq_length()
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, past + length, dtype=torch.long)
-        if position_ids is None:
-            position_ids = torch.arange(past, past + length).expand(batch, -1)
-        feed = {
-            "inputs_embeds": _array(inputs_embeds, np.float32),
-            "attention_mask": _array(attention_mask, np.int64),
-            "position_ids": _array(position_ids, np.int64),
-        }
-        empty = np.zeros((batch, self._kv_heads, 0, self._head_dim), dtype=np.float32)
-        for index, layer in enumerate(cache.layers):
-            feed[f"past_key_values.{index}.key"] = _array(layer.keys, np.float32) if past else empty
-            feed[f"past_key_values.{index}.value"] = _array(layer.values, np.float32) if past else empty
-        outputs = dict(zip(self._decoder_outputs, self.sessions["decoder_model"].run(None, feed)))
-        for index, layer in enumerate(cache.layers):
-            # The graph returns the whole updated cache: it replaces the layer's tensors (no second concatenation).
-            keys, values = (torch.from_numpy(outputs[f"present.{index}.{kind}"]) for kind in ("key", "value"))
-            if not layer.is_initialized:
-                layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys, values
-        return CausalLMOutputWithPast(logits=torch.from_numpy(outputs["logits"]), cache=cache)
+        if input_features is not None and inputs_embeds is None:
+            inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            input_ids = None
+        return self.language_model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
 
     @torch.no_grad()
     def generate(
@@ -220,8 +268,8 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> torch.LongTensor:
         """As `SteerMoEForConditionalGeneration.generate`: the saved generation config (stop strings included)
-        applies, keyword arguments override it, right padding is moved to the left, and the result is the prompt
-        followed by the new tokens, `(batch, prompt_len + new_tokens)`."""
+        applies, keyword arguments override it, right padding is moved to the left, the LLM generates with it, and
+        the result is the prompt followed by the new tokens, `(batch, prompt_len + new_tokens)`."""
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         kwargs = generation_config.update(**kwargs)
         if generation_config.cache_implementation not in (None, "dynamic"):
@@ -236,12 +284,14 @@ class SteerMoEOnnxForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if attention_mask is not None:
             input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
         if input_features is None:
-            return super().generate(
+            return self.language_model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
             )
         inputs_embeds = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+        # As in PyTorch: the LLM sees the prompt ids (placeholders as padding) so that its output, streamers and
+        # logits processors hold the prompt; the placeholders are put back in the result.
         pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
-        output = super().generate(
+        output = self.language_model.generate(
             input_ids=input_ids.masked_fill(self.get_placeholder_mask(input_ids), pad_id),
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -304,4 +354,4 @@ def _find_export(source: str, hub_kwargs: dict) -> tuple[str, str]:
     )
 
 
-__all__ = ["SteerMoEOnnxForConditionalGeneration", "onnx_pipeline"]
+__all__ = ["SteerMoEOnnxForConditionalGeneration", "SteerMoEOnnxLanguageModel", "onnx_pipeline"]

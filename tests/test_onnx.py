@@ -84,7 +84,8 @@ def test_export_writes_graphs_configs_processor_and_manifest(exported):
     config = json.loads((folder / "config.json").read_text())
     assert config["audio_model_id"] is None and config["audio_config"]["model_type"] == "whisper"
     assert "AutoModel" not in config["auto_map"] and "custom_pipelines" not in config
-    assert (folder / "generation_config.json").is_file() and (folder / "processor_config.json").is_file()
+    for name in ("generation_config.json", "llm_generation_config.json", "processor_config.json", "tokenizer.json"):
+        assert (folder / name).is_file()
     assert not list(folder.glob("*.safetensors"))
 
 
@@ -260,3 +261,5 @@ def test_real_pair_embeddings_and_greedy_transcripts_equal_pytorch(real_export):
     assert [out["text"] for out in asr_onnx(files, max_new_tokens=24)] == expected_texts
     assert all(text.strip() for text in expected_texts)
     assert [out["text"] for out in asr_onnx(files, max_new_tokens=24, batch_size=3)] == expected_texts
+    unstopped = {"max_new_tokens": 12, "generate_kwargs": {"stop_strings": None}}  # overrides the saved stop string
+    assert [out["text"] for out in asr_onnx(files[:1], **unstopped)] == [out["text"] for out in asr_pytorch(files[:1], **unstopped)]
