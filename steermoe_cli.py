@@ -101,8 +101,13 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", help="The instruction (transcribe) or the question about the audio (qa).")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="PyTorch backend: cuda when available, else cpu.")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--backend", choices=["pytorch", "onnx"], default="pytorch",
+                        help="onnx: ONNX Runtime on the CPU, from the export in <model>/onnx/ (python -m steermoe_onnx "
+                             "export <model>).")  # fmt: skip
+    parser.add_argument("--onnx-precision", choices=["fp32", "int8"], default="fp32",
+                        help="ONNX backend: the float32 graphs or their dynamic int8 copies (export --int8).")  # fmt: skip
     parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
                         help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf; srt: one segment per 30 s.")  # fmt: skip
     parser.add_argument("--output", help="Write here instead of standard output.")
@@ -119,16 +124,26 @@ def parse_args(argv=None):
         parser.error("--task chat takes no --prompt: the audio is the user's turn")
     if args.stream and (args.format != "text" or args.batch_size != 1):
         parser.error("--stream writes one clip's text at a time: it takes --format text and --batch-size 1")
+    if args.backend == "onnx" and (args.device not in (None, "cpu") or args.dtype != "auto"):
+        parser.error("--backend onnx runs on the CPU with the exported precision: use --onnx-precision, not --device/--dtype")
+    if args.backend == "pytorch" and args.onnx_precision != "fp32":
+        parser.error("--onnx-precision needs --backend onnx")
     return args
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    asr = pipeline(
-        "automatic-speech-recognition", model=args.model, trust_remote_code=True, dtype=dtype, device=args.device
-    )
+    if args.backend == "onnx":
+        from steermoe_onnx import onnx_pipeline
+
+        asr = onnx_pipeline(args.model, precision=args.onnx_precision)
+    else:
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        asr = pipeline(
+            "automatic-speech-recognition", model=args.model, trust_remote_code=True, dtype=dtype, device=device
+        )
     call_kwargs = {"batch_size": args.batch_size}
     if args.prompt or args.task == "chat":
         call_kwargs["prompt"] = args.prompt or ""

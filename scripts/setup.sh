@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing), installs SteerMoE with its test and demo dependencies into it, and installs espeak-ng
-# (used to synthesize the demo's speech) and Chromium with its WebDriver (the web demo's browser test) when the
-# system package manager can. Idempotent.
+# Creates .venv (if missing), installs SteerMoE with its test, demo and ONNX dependencies into it, and installs
+# espeak-ng (used to synthesize the demo's speech) and Chromium with its WebDriver (the web demo's browser test)
+# when the system package manager can. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,7 +12,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev,demo]"
+.venv/bin/python -m pip install --quiet -e ".[dev,demo,onnx]"
 
 # system_install <command> <why> <packages...>: apt-get install the packages unless <command> exists.
 system_install() {

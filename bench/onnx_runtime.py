@@ -1,0 +1,165 @@
+"""ONNX Runtime (CPU execution provider) against PyTorch on this CPU, measured in the same run on real clips of a
+saved adapter and its export: audio-side latency (features -> LLM input embeddings), decode tokens/s, the real-time
+factor of the whole transcription pipeline (one pass over the clips, batch 1) and peak resident memory, for PyTorch fp32, ONNX fp32 and (when the
+export has them) ONNX int8; the ONNX transcripts are scored against PyTorch's (WER, and the share of clips whose
+greedy transcript is identical) and, with references, against the truth.
+
+    python -m steermoe_onnx export outputs/demo --int8
+    python bench/onnx_runtime.py --adapter outputs/demo --manifest data/demo/test.jsonl --threads 2
+
+Each backend runs in its own process (one after the other), so each peak memory is that backend's alone.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import evaluate
+import torch
+from common import ROOT, machine, measure, report
+
+
+BACKENDS = ("pytorch", "onnx fp32", "onnx int8")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", required=True, help="A saved adapter with its ONNX export in <adapter>/onnx/.")
+    p.add_argument("--audio", nargs="*", default=[], help="Audio files or folders.")
+    p.add_argument("--manifest", help="A JSON Lines manifest of clips ('audio', paths relative to it) and references ('text').")
+    p.add_argument("--limit", type=int, default=None, help="Use the first N clips.")
+    p.add_argument("--new_tokens", type=int, default=32, help="Tokens decoded for the decode-rate measurement.")
+    p.add_argument("--max_new_tokens", type=int, default=None, help="Cap for transcripts (default: the adapter's generation config).")
+    p.add_argument("--threads", type=int, default=None, help="Threads for both runtimes (default: each library's).")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--output_dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.size, args.device = Path(args.adapter).name, "cpu"  # for common.report's header and file name
+    return args
+
+
+def clips_and_references(args) -> tuple[list[str], list[str] | None]:
+    files, references = [], None
+    for entry in args.audio:
+        path = Path(entry)
+        files += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if path.is_dir() else [entry]
+    if args.manifest:
+        rows = [json.loads(line) for line in Path(args.manifest).read_text().splitlines() if line.strip()]
+        files += [str(Path(args.manifest).parent / row["audio"]) for row in rows]
+        references = [row["text"] for row in rows]
+    if not files:
+        raise SystemExit("No clips: pass --audio files/folders or --manifest.")
+    if args.limit:
+        files, references = files[: args.limit], references[: args.limit] if references else None
+    return files, references
+
+
+def worker(args) -> dict:
+    """Load one backend, time it, transcribe every clip; runs in its own process."""
+    from transformers import AutoProcessor, pipeline
+
+    from processing_steermoe import load_audio
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files, _ = clips_and_references(args)
+    start = time.perf_counter()
+    if args.worker == "pytorch":
+        asr = pipeline("automatic-speech-recognition", model=args.adapter, trust_remote_code=True, dtype=torch.float32)
+    else:
+        import onnxruntime
+
+        from steermoe_onnx import onnx_pipeline
+
+        options = onnxruntime.SessionOptions()
+        if args.threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        asr = onnx_pipeline(args.adapter, precision=args.worker.split()[1], session_options=options)
+    model = asr.model
+    load_s = time.perf_counter() - start
+    processor = AutoProcessor.from_pretrained(args.adapter, trust_remote_code=True)
+    audio = [load_audio(file) for file in files]
+    seconds = sum(samples.shape[0] / rate for samples, rate in audio)
+    requests = [processor.apply_transcription_request({"array": s, "sampling_rate": r}) for s, r in audio]
+
+    def audio_side():
+        with torch.no_grad():
+            for inputs in requests:
+                model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+
+    def generate(tokens):
+        return model.generate(**requests[0], max_new_tokens=tokens, min_new_tokens=tokens, stop_strings=None)
+
+    audio_s = measure(audio_side, "cpu", args.repeats, args.warmup)
+    first = measure(lambda: generate(1), "cpu", args.repeats, args.warmup)
+    full = measure(lambda: generate(args.new_tokens), "cpu", args.repeats, args.warmup)
+    call = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    inputs = [{"array": s, "sampling_rate": r} for s, r in audio]
+    transcripts = []
+    # One pass over all the clips, after the warm-up above.
+    pipeline_s = measure(lambda: transcripts.append([out["text"] for out in asr(inputs, **call)]), "cpu", 1, 0)
+    return {
+        "backend": args.worker,
+        "load_s": load_s,
+        "audio_side_ms_per_clip": 1000 * audio_s / len(files),
+        "decode_tokens_per_s": (args.new_tokens - 1) / (full - first),
+        "time_to_first_token_s": first,
+        "rtf": pipeline_s / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+        "audio_seconds": seconds,
+        "transcripts": transcripts[-1],
+    }
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        sys.stdout.write("\n" + json.dumps(worker(args)) + "\n")
+        return
+    files, references = clips_and_references(args)
+    manifest = json.loads((Path(args.adapter) / "onnx" / "steermoe_onnx.json").read_text())
+    backends = [b for b in BACKENDS if b == "pytorch" or manifest["graphs"]["decoder_model"]["files"].get(b.split()[1])]
+    results = []
+    for backend in backends:
+        command = [sys.executable, __file__, *sys.argv[1:], "--worker", backend]
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{backend} failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    metric = evaluate.load(str(ROOT / "metrics" / "asr_error_rate"))
+    base = results[0]
+    rows = []
+    for result in results:
+        row = {key: value for key, value in result.items() if key not in ("transcripts", "audio_seconds")}
+        row["audio_side_speedup"] = base["audio_side_ms_per_clip"] / result["audio_side_ms_per_clip"]
+        row["decode_vs_pytorch"] = result["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        row["rtf_vs_pytorch"] = result["rtf"] / base["rtf"]
+        row["memory_vs_pytorch"] = result["peak_rss_mb"] / base["peak_rss_mb"]
+        pairs = list(zip(result["transcripts"], base["transcripts"]))
+        row["identical_to_pytorch"] = sum(a == b for a, b in pairs) / len(pairs)
+        row["wer_vs_pytorch"] = metric.compute(predictions=result["transcripts"], references=base["transcripts"])["wer"]
+        if references:
+            row["wer"] = metric.compute(predictions=result["transcripts"], references=references)["wer"]
+        rows.append(row)
+    extra = {
+        "clips": len(files),
+        "audio_seconds": base["audio_seconds"],
+        "load_average": os.getloadavg(),
+        "transcripts": {result["backend"]: result["transcripts"] for result in results},
+        "references": references,
+    }
+    report("onnx_runtime", args, rows, extra)
+    sys.stdout.write(f"{len(files)} clips, {base['audio_seconds']:.1f} s of audio; {machine('cpu')}; "
+                     f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
