@@ -6,6 +6,7 @@ greedy transcript is identical) and, with references, against the truth.
 
     python -m steermoe_onnx export outputs/demo --int8
     python bench/onnx_runtime.py --adapter outputs/demo --manifest data/demo/test.jsonl --threads 2
+    python bench/onnx_runtime.py --size small --audio ../shared/audio --max_new_tokens 32   # random backbones
 
 Each backend runs in its own process (one after the other), so each peak memory is that backend's alone.
 """
@@ -13,15 +14,19 @@ Each backend runs in its own process (one after the other), so each peak memory 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import evaluate
 import torch
-from common import ROOT, machine, measure, report
+from common import ROOT, SIZES, build_model, machine, measure, report
+
+
+sys.path.insert(0, str(ROOT / "metrics" / "asr_error_rate"))
+from asr_error_rate import normalize  # noqa: E402
 
 
 BACKENDS = ("pytorch", "onnx fp32", "onnx int8")
@@ -30,7 +35,11 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help="A saved adapter with its ONNX export in <adapter>/onnx/.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", help="A saved adapter with its ONNX export in <adapter>/onnx/.")
+    source.add_argument("--size", choices=["tiny", "small"],
+                        help="Random backbones of bench/common.py's shapes, saved with an adapter and exported (int8 too) "
+                             "in a temporary folder.")  # fmt: skip
     p.add_argument("--audio", nargs="*", default=[], help="Audio files or folders.")
     p.add_argument("--manifest", help="A JSON Lines manifest of clips ('audio', paths relative to it) and references ('text').")
     p.add_argument("--limit", type=int, default=None, help="Use the first N clips.")
@@ -42,8 +51,35 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.size, args.device = Path(args.adapter).name, "cpu"  # for common.report's header and file name
+    args.device = "cpu"
     return args
+
+
+def build_adapter(size: str, folder: Path) -> Path:
+    """Random backbones of `size` saved as checkpoints, an adapter on them, and its export with int8."""
+    from pipeline_rtf import word_tokenizer
+    from transformers import WhisperFeatureExtractor
+
+    from configuration_steermoe import SteerMoEConfig
+    from modeling_steermoe import SteerMoEForConditionalGeneration
+    from processing_steermoe import SteerMoEProcessor
+    from steermoe_onnx import export_onnx
+
+    (_, _, _, _, mels), (*_, vocab) = SIZES[size]
+    backbones = build_model(size, "cpu", torch.float32)
+    backbones.audio_encoder.save_pretrained(folder / "encoder")
+    WhisperFeatureExtractor(feature_size=mels).save_pretrained(folder / "encoder")
+    backbones.language_model.save_pretrained(folder / "llm")
+    word_tokenizer(vocab).save_pretrained(folder / "llm")
+    config = SteerMoEConfig(audio_model_id=str(folder / "encoder"), text_model_id=str(folder / "llm"))
+    torch.manual_seed(0)
+    model = SteerMoEForConditionalGeneration(config, dtype=torch.float32)
+    processor = SteerMoEProcessor.from_config(config)
+    adapter = folder / "adapter"
+    model.save_pretrained(adapter)
+    processor.save_pretrained(adapter)
+    export_onnx(model, processor, adapter / "onnx", int8=True, source=f"random {size} backbones")
+    return adapter
 
 
 def clips_and_references(args) -> tuple[list[str], list[str] | None]:
@@ -60,6 +96,23 @@ def clips_and_references(args) -> tuple[list[str], list[str] | None]:
     if args.limit:
         files, references = files[: args.limit], references[: args.limit] if references else None
     return files, references
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started (`VmHWM`; `ru_maxrss` would carry the parent's peak
+    over the exec that started it)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 2**10
+
+
+def worker_args(args) -> list[str]:
+    """The command line of a worker: this run's, with the (possibly just built) adapter."""
+    argv = ["--adapter", args.adapter, "--new_tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+            "--warmup", str(args.warmup), "--audio", *args.audio]  # fmt: skip
+    for name in ("manifest", "limit", "max_new_tokens", "threads"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    return argv
 
 
 def worker(args) -> dict:
@@ -113,7 +166,7 @@ def worker(args) -> dict:
         "decode_tokens_per_s": (args.new_tokens - 1) / (full - first),
         "time_to_first_token_s": first,
         "rtf": pipeline_s / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+        "peak_rss_mb": peak_rss_mb(),
         "audio_seconds": seconds,
         "transcripts": transcripts[-1],
     }
@@ -124,12 +177,23 @@ def main():
     if args.worker:
         sys.stdout.write("\n" + json.dumps(worker(args)) + "\n")
         return
+    if args.size:
+        with tempfile.TemporaryDirectory() as folder:
+            args.adapter = str(build_adapter(args.size, Path(folder)))
+            compare(args)
+    else:
+        args.size = Path(args.adapter).name  # for common.report's header and file name
+        compare(args)
+
+
+def compare(args):
+    """Run each backend in its own process, then report the figures with their ratios to PyTorch."""
     files, references = clips_and_references(args)
     manifest = json.loads((Path(args.adapter) / "onnx" / "steermoe_onnx.json").read_text())
     backends = [b for b in BACKENDS if b == "pytorch" or manifest["graphs"]["decoder_model"]["files"].get(b.split()[1])]
     results = []
     for backend in backends:
-        command = [sys.executable, __file__, *sys.argv[1:], "--worker", backend]
+        command = [sys.executable, __file__, *worker_args(args), "--worker", backend]
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{backend} failed:\n{out.stderr[-3000:]}")
@@ -145,7 +209,10 @@ def main():
         row["memory_vs_pytorch"] = result["peak_rss_mb"] / base["peak_rss_mb"]
         pairs = list(zip(result["transcripts"], base["transcripts"]))
         row["identical_to_pytorch"] = sum(a == b for a, b in pairs) / len(pairs)
-        row["wer_vs_pytorch"] = metric.compute(predictions=result["transcripts"], references=base["transcripts"])["wer"]
+        scored = [(ours, theirs) for ours, theirs in pairs if normalize(theirs)]  # a transcript with words
+        if scored:
+            ours, theirs = zip(*scored)
+            row["wer_vs_pytorch"] = metric.compute(predictions=list(ours), references=list(theirs))["wer"]
         if references:
             row["wer"] = metric.compute(predictions=result["transcripts"], references=references)["wer"]
         rows.append(row)
@@ -157,8 +224,9 @@ def main():
         "references": references,
     }
     report("onnx_runtime", args, rows, extra)
-    sys.stdout.write(f"{len(files)} clips, {base['audio_seconds']:.1f} s of audio; {machine('cpu')}; "
-                     f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    threads = args.threads or "each library's default"
+    sys.stdout.write(f"{len(files)} clips, {base['audio_seconds']:.1f} s of audio; {machine('cpu')}; threads per "
+                     f"backend: {threads}; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
 
 
 if __name__ == "__main__":

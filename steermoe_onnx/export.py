@@ -38,11 +38,12 @@ EXPORT_SUBFOLDER = "onnx"
 FORMAT_NAME = "steermoe-onnx"
 FORMAT_VERSION = 1
 GRAPHS = ("audio_encoder", "embed_tokens", "decoder_model")
+INT8_GRAPHS = ("audio_encoder", "decoder_model")
 PRECISIONS = ("fp32", "int8")
 SUPPORTED_AUDIO_ENCODERS = ("whisper",)
 INT8_OP_TYPES = ["MatMul"]
-# The largest difference between ONNX Runtime and PyTorch the export accepts on its own check inputs, relative to the
-# largest PyTorch value (or absolute, below 1).
+# The largest difference between ONNX Runtime and PyTorch the export accepts on its own check inputs, times
+# max(1, the largest PyTorch value).
 TOLERANCE = 1e-4
 _CACHE_NAME = re.compile(r"^(input\.|output\.)?cache\.layers\.(\d+)\.(keys|values)$")
 PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
@@ -106,8 +107,8 @@ def export_onnx(model, processor, output_dir, int8: bool = False, source: str | 
     so no backbone needs to be reachable), `generation_config.json`, the processor files and `steermoe_onnx.json`,
     the manifest: which backbones (ids, revisions) and adapter (`source`) the graphs come from, their inputs and
     outputs, the package versions, and the largest difference between ONNX Runtime and PyTorch on the export's
-    check inputs (the export fails if the audio embeddings or the logits differ by more than 1e-4 times their
-    largest magnitude, or 1e-4 below magnitude 1).
+    check inputs (the export fails if the audio embeddings or the logits differ by more than 1e-4 times
+    max(1, their largest magnitude)).
 
     Returns the output folder.
     """
@@ -121,20 +122,22 @@ def export_onnx(model, processor, output_dir, int8: bool = False, source: str | 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     samples = _sample_inputs(model, processor)
+    quantized = INT8_GRAPHS if int8 else ()
+    progress = tqdm(total=len(GRAPHS) + len(quantized) + 1, desc="ONNX export", unit="step", disable=None)
     graphs = {}
-    steps = [*GRAPHS, *(f"{name} int8" for name in GRAPHS if int8 and name != "embed_tokens"), "check"]
-    progress = tqdm(steps, desc="ONNX export", unit="step", disable=None)
-    for step in progress:
-        progress.set_postfix_str(step)
-        if step in GRAPHS:
-            graphs[step] = _export_graph(step, model, samples[step], output_dir)
-        elif step == "check":
-            check = _check_against_pytorch(model, samples, output_dir)
-        else:
-            name = step.split()[0]
-            graphs[name]["files"]["int8"] = _quantize_graph(output_dir / graphs[name]["files"]["fp32"])
+    for name in GRAPHS:
+        progress.set_postfix_str(name)
+        graphs[name] = _export_graph(name, model, samples[name], output_dir)
+        progress.update()
+    for name in quantized:
+        progress.set_postfix_str(f"{name} int8")
+        graphs[name]["files"]["int8"] = _quantize_graph(output_dir / graphs[name]["files"]["fp32"])
+        progress.update()
     if int8:  # the embedding table is looked up, not multiplied: both precisions share the fp32 graph
         graphs["embed_tokens"]["files"]["int8"] = graphs["embed_tokens"]["files"]["fp32"]
+    progress.set_postfix_str("check against PyTorch")
+    check = _check_against_pytorch(model, samples, output_dir)
+    progress.close()
     _save_runtime_files(model, processor, output_dir)
     manifest = _manifest(model, graphs, check, int8, source)
     (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -342,6 +345,7 @@ def _manifest(model, graphs: dict, check: dict, int8: bool, source: str | None) 
         "graphs": graphs,
         "int8": {
             "tool": "onnxruntime.quantization.quantize_dynamic",
+            "graphs": list(INT8_GRAPHS),
             "weight_type": "QInt8",
             "per_channel": True,
             "op_types": INT8_OP_TYPES,
