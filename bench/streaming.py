@@ -11,8 +11,8 @@ Live mode: each clip is fed in `--chunk_seconds` chunks at real time to the Loca
 re-decodes its buffer with the offline path (the adapter's processor + `generate`); time runs as the audio arrives
 plus the measured compute, so a decoder slower than real time falls behind. Reported per clip: the final live text's
 WER against the offline transcript of the same audio, the time from the start of speech to the first word shown,
-the latency from the end of speech to the final text against offline's (which decodes the clip once it has ended),
-and the compute against offline. A clip of sentences synthesized with espeak-ng by the demo's held-out voice, 0.8 s
+the time from the end of the recording to the final text against offline's (which decodes the clip once the
+recording has ended), and the compute against offline; medians of `--repeats` runs. A clip of sentences synthesized with espeak-ng by the demo's held-out voice, 0.8 s
 apart (`--synthesize`, on by default when espeak-ng is installed), is transcribed offline sentence by sentence (the
 demo recipe stops at the first period), and for each sentence the latency from its end until the live text holds as
 many words as the offline text up to it is reported.
@@ -187,31 +187,47 @@ def live_rows(args) -> tuple[list[dict], str]:
         clips.append((Path(path).name, samples.mean(axis=1) if samples.ndim == 2 else samples, rate, None))
     rows = []
     for name, samples, rate, spans in clips:
-        start = time.perf_counter()
-        offline = [transcribe(samples[a:b], rate) for a, b in spans or [(0, len(samples))]]
-        offline_seconds = time.perf_counter() - start
-        transcriber = LocalAgreementTranscriber(transcribe, sampling_rate=rate, update_seconds=args.update_seconds,
-                                                has_speech=processor.has_speech)  # fmt: skip
-        shown, compute = simulate_live(transcriber, samples, rate, args.chunk_seconds)
-        final = shown[-1][1]
-        onset, speech_end = speech_bounds(processor, samples, rate)
-        shown_at = lambda count: next(at for at, words in shown if len(words) >= count)  # noqa: E731
-        row = {"clip": name, "seconds": round(len(samples) / rate, 2), "decodings": transcriber.decode_count,
-               "wer_vs_offline": jiwer.wer(normalized(" ".join(offline)) or "-", normalized(" ".join(final)) or "-"),
-               "first_text_s": shown_at(1) - onset if final else float("nan"),
-               "end_latency_s": shown_at(len(final)) - speech_end, "offline_latency_s": offline_seconds}  # fmt: skip
-        row["end_latency_vs_offline"] = row["end_latency_s"] / offline_seconds
-        row["compute_vs_offline"] = compute / offline_seconds
-        if spans:  # each sentence: from its end until the live text holds as many words as offline through it
-            counts = np.cumsum([len(text.split()) for text in offline])
-            lags = [shown_at(min(count, len(final))) - end / rate for count, (_, end) in zip(counts, spans)]
-            row["sentence_latency_mean_s"], row["sentence_latency_max_s"] = float(np.mean(lags)), float(np.max(lags))
+        runs = [live_run(transcribe, processor, samples, rate, spans, args) for _ in range(args.repeats)]
+        row = {"clip": name, "seconds": round(len(samples) / rate, 2)}
+        for key in runs[0][0]:
+            row[key] = float(np.median([run[key] for run, _, _ in runs]))
+        if not spans:
+            row.pop("sentence_latency_mean_s"), row.pop("sentence_latency_max_s")
         rows.append(row)
-        sys.stdout.write(f"{name}\n  offline: {' '.join(offline)}\n  live:    {' '.join(final)}\n")
+        _, offline, final = runs[-1]
+        sys.stdout.write(f"{name}\n  offline: {offline}\n  live:    {final}\n")
     for row in rows:
         row.setdefault("sentence_latency_mean_s", "n/a")
         row.setdefault("sentence_latency_max_s", "n/a")
     return rows, which
+
+
+def live_run(transcribe, processor, samples: np.ndarray, rate: int, spans, args) -> tuple[dict, str, str]:
+    """One offline transcription and one live run of a clip: (figures, offline text, live text)."""
+    start = time.perf_counter()
+    offline = [transcribe(samples[a:b], rate) for a, b in spans or [(0, len(samples))]]
+    offline_seconds = time.perf_counter() - start
+    transcriber = LocalAgreementTranscriber(transcribe, sampling_rate=rate, update_seconds=args.update_seconds,
+                                            has_speech=processor.has_speech)  # fmt: skip
+    shown, compute = simulate_live(transcriber, samples, rate, args.chunk_seconds)
+    final = shown[-1][1]
+    onset, _ = speech_bounds(processor, samples, rate)
+    shown_at = lambda count: next(at for at, words in shown if len(words) >= count)  # noqa: E731
+    figures = {
+        "decodings": transcriber.decode_count,
+        "wer_vs_offline": jiwer.wer(normalized(" ".join(offline)) or "-", normalized(" ".join(final)) or "-"),
+        "first_text_s": shown_at(1) - onset if final else float("nan"),
+        "after_stop_s": shown[-1][0] - len(samples) / rate,
+        "offline_after_stop_s": offline_seconds,
+    }
+    figures["after_stop_vs_offline"] = figures["after_stop_s"] / offline_seconds
+    figures["compute_vs_offline"] = compute / offline_seconds
+    lags = [float("nan")]
+    if spans:  # each sentence: from its end until the live text holds as many words as offline through it
+        counts = np.cumsum([len(text.split()) for text in offline])
+        lags = [shown_at(min(count, len(final))) - end / rate for count, (_, end) in zip(counts, spans)]
+    figures["sentence_latency_mean_s"], figures["sentence_latency_max_s"] = float(np.mean(lags)), float(np.max(lags))
+    return figures, " ".join(offline), " ".join(final)
 
 
 def speech_bounds(processor, samples: np.ndarray, rate: int) -> tuple[float, float]:
