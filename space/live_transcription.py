@@ -96,6 +96,10 @@ class LocalAgreementTranscriber:
                 # Only silence so far: keep a short tail (a word may be starting) and decode nothing.
                 self._buffer = self._buffer[-self.pause_samples :]
                 return self._update(decoded=False)
+            first = int(np.argmax(speech))
+            if self._previous is None and first > 1:  # a new segment starts 100 ms before its speech
+                self._buffer = self._buffer[(first - 1) * (self.sampling_rate // 10) :]
+                speech = speech[first - 1 :]
             pause = self._last_pause(speech)
             if pause is not None:
                 self._close_segment(*pause)

@@ -85,7 +85,7 @@ def test_a_pause_closes_the_segment_and_silence_is_never_decoded(pause):
     assert not any(update.decoded for update in updates[:8])  # the leading 2 s of silence were never decoded
     # The pause closed the first segment even when no update fell inside it (0.7 s against updates every 1 s): no
     # decoding ever covered the first sentence, the pause and more than an update of the second sentence.
-    kept_silence, first_sentence = 0.6, 4 * (WORD + GAP) / RATE  # the buffer keeps 0.6 s of the leading silence
+    kept_silence, first_sentence = 0.1, 4 * (WORD + GAP) / RATE  # a segment starts 100 ms before its speech
     closing = kept_silence + first_sentence - GAP / RATE + 0.3  # decoded up to halfway through the 0.6 s pause
     assert decoder.lengths.count(pytest.approx(closing)) == 1
     assert max(decoder.lengths) < kept_silence + first_sentence + pause + 1.0
