@@ -147,7 +147,8 @@ def normalized(text: str) -> str:
 
 
 def simulate_live(transcriber, samples: np.ndarray, rate: int, chunk_seconds: float):
-    """Feed `samples` at real time; returns [(time shown, committed words)] and the total compute (s)."""
+    """Feed `samples` at real time; returns [(time shown, committed words, closed segments)] and the total compute
+    (s)."""
     chunk = int(chunk_seconds * rate)
     clock, compute, position, shown = 0.0, 0.0, 0, []
     while position < len(samples):
@@ -157,11 +158,11 @@ def simulate_live(transcriber, samples: np.ndarray, rate: int, chunk_seconds: fl
         update = transcriber.push(samples[position:arrived])
         spent = time.perf_counter() - start
         clock, compute, position = clock + spent, compute + spent, arrived
-        shown.append((clock, update.committed.split()))
+        shown.append((clock, update.committed.split(), len(transcriber.segments)))
     start = time.perf_counter()
     final = transcriber.finish()
     spent = time.perf_counter() - start
-    shown.append((max(clock, len(samples) / rate) + spent, final.committed.split()))
+    shown.append((max(clock, len(samples) / rate) + spent, final.committed.split(), len(transcriber.segments)))
     return shown, compute + spent
 
 
@@ -181,28 +182,25 @@ def live_rows(args) -> tuple[list[dict], str]:
     clips = []
     if args.synthesize and shutil.which("espeak-ng"):
         samples, spans = espeak_sentences(SENTENCES)
-        clips.append(("espeak-ng, 4 sentences", samples, 16000, spans))
+        clips.append(("espeak-ng, 4 sentences", samples, 16000, spans, " ".join(SENTENCES)))
     for path in args.audio:
         samples, rate = processor_module(processor).load_audio(path)
-        clips.append((Path(path).name, samples.mean(axis=1) if samples.ndim == 2 else samples, rate, None))
+        clips.append((Path(path).name, samples.mean(axis=1) if samples.ndim == 2 else samples, rate, None, None))
     rows = []
-    for name, samples, rate, spans in clips:
-        runs = [live_run(transcribe, processor, samples, rate, spans, args) for _ in range(args.repeats)]
+    for name, samples, rate, spans, reference in clips:
+        runs = [live_run(transcribe, processor, samples, rate, spans, reference, args) for _ in range(args.repeats)]
         row = {"clip": name, "seconds": round(len(samples) / rate, 2)}
         for key in runs[0][0]:
             row[key] = float(np.median([run[key] for run, _, _ in runs]))
-        if not spans:
-            row.pop("sentence_latency_mean_s"), row.pop("sentence_latency_max_s")
         rows.append(row)
         _, offline, final = runs[-1]
         sys.stdout.write(f"{name}\n  offline: {offline}\n  live:    {final}\n")
-    for row in rows:
-        row.setdefault("sentence_latency_mean_s", "n/a")
-        row.setdefault("sentence_latency_max_s", "n/a")
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # one table: what a clip cannot measure is n/a
+    rows = [{key: row[key] if row.get(key, float("nan")) == row.get(key) else "n/a" for key in columns} for row in rows]
     return rows, which
 
 
-def live_run(transcribe, processor, samples: np.ndarray, rate: int, spans, args) -> tuple[dict, str, str]:
+def live_run(transcribe, processor, samples: np.ndarray, rate: int, spans, reference, args) -> tuple[dict, str, str]:
     """One offline transcription and one live run of a clip: (figures, offline text, live text)."""
     start = time.perf_counter()
     offline = [transcribe(samples[a:b], rate) for a, b in spans or [(0, len(samples))]]
@@ -212,21 +210,25 @@ def live_run(transcribe, processor, samples: np.ndarray, rate: int, spans, args)
     shown, compute = simulate_live(transcriber, samples, rate, args.chunk_seconds)
     final = shown[-1][1]
     onset, _ = speech_bounds(processor, samples, rate)
-    shown_at = lambda count: next(at for at, words in shown if len(words) >= count)  # noqa: E731
+    first_word = next((at for at, words, _ in shown if words), float("nan"))
     figures = {
         "decodings": transcriber.decode_count,
         "wer_vs_offline": jiwer.wer(normalized(" ".join(offline)) or "-", normalized(" ".join(final)) or "-"),
-        "first_text_s": shown_at(1) - onset if final else float("nan"),
+        "first_text_s": first_word - onset,
         "after_stop_s": shown[-1][0] - len(samples) / rate,
         "offline_after_stop_s": offline_seconds,
     }
     figures["after_stop_vs_offline"] = figures["after_stop_s"] / offline_seconds
     figures["compute_vs_offline"] = compute / offline_seconds
     lags = [float("nan")]
-    if spans:  # each sentence: from its end until the live text holds as many words as offline through it
-        counts = np.cumsum([len(text.split()) for text in offline])
-        lags = [shown_at(min(count, len(final))) - end / rate for count, (_, end) in zip(counts, spans)]
+    if spans and shown[-1][2] == len(spans):  # one segment per sentence: from its end until its segment is shown
+        lags = [
+            next(at for at, _, closed in shown if closed > index) - end / rate for index, (_, end) in enumerate(spans)
+        ]
     figures["sentence_latency_mean_s"], figures["sentence_latency_max_s"] = float(np.mean(lags)), float(np.max(lags))
+    if reference:
+        figures["offline_wer_vs_text"] = jiwer.wer(normalized(reference), normalized(" ".join(offline)))
+        figures["live_wer_vs_text"] = jiwer.wer(normalized(reference), normalized(" ".join(final)))
     return figures, " ".join(offline), " ".join(final)
 
 

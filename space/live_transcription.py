@@ -66,6 +66,7 @@ class LocalAgreementTranscriber:
         self.has_speech = has_speech
         self.pause_samples = int(pause_seconds * sampling_rate)
         self.committed: list[str] = []
+        self._segment_ends: list[int] = []  # len(committed) when each segment closed
         self._buffer = np.zeros(0, dtype=np.float32)
         self._undecoded = 0  # samples pushed since the last decode
         self._received = 0
@@ -125,6 +126,12 @@ class LocalAgreementTranscriber:
         """The committed text."""
         return " ".join(self.committed)
 
+    @property
+    def segments(self) -> list[str]:
+        """The committed text of each closed segment (speech up to a pause, or a buffer up to its cut), in order."""
+        bounds = [0, *self._segment_ends]
+        return [" ".join(self.committed[start:end]) for start, end in zip(bounds, bounds[1:])]
+
     def _decode(self, samples: np.ndarray) -> list[str]:
         """The words of the transcript of `samples` (lone punctuation, as a model writes for a half-heard buffer,
         dropped)."""
@@ -154,6 +161,7 @@ class LocalAgreementTranscriber:
         if self.has_speech is None or self.has_speech(head, self.sampling_rate):
             head_words = self._decode(head)
             self.committed += head_words[self._segment_committed :]
+            self._segment_ends.append(len(self.committed))
         self._segment_committed = max(0, self._segment_committed - len(head_words)) if len(self._buffer) else 0
         self._previous = None
         self._tentative = []

@@ -82,6 +82,7 @@ def test_a_pause_closes_the_segment_and_silence_is_never_decoded(pause):
     )  # fmt: skip
     updates, final = stream(transcriber, signal)
     assert final.committed == " ".join(words)
+    assert transcriber.segments == ["the quick brown fox", "can do for you"]
     assert not any(update.decoded for update in updates[:8])  # the leading 2 s of silence were never decoded
     # The pause closed the first segment even when no update fell inside it (0.7 s against updates every 1 s): no
     # decoding ever covered the first sentence, the pause and more than an update of the second sentence.
@@ -99,6 +100,7 @@ def test_a_long_buffer_is_cut_at_a_quiet_point_without_losing_words():
     updates, final = stream(transcriber, speak(words))
     assert final.committed == " ".join(words)
     assert max(decoder.lengths) <= 4 + 0.5  # the cost of a decoding stays bounded on a 15 s stream
+    assert len(transcriber.segments) >= 4 and " ".join(transcriber.segments) == final.committed
     shown = [update.committed for update in updates]
     assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:]))
 
