@@ -85,7 +85,9 @@ class SteerMoEDemo:
                 self._loaded = None
                 try:
                     dtype = torch.float32 if self.device == "cpu" else "auto"  # half precision is slow on CPUs
-                    model = AutoModel.from_pretrained(adapter, trust_remote_code=True, dtype=dtype).to(self.device).eval()
+                    model = (
+                        AutoModel.from_pretrained(adapter, trust_remote_code=True, dtype=dtype).to(self.device).eval()
+                    )
                     processor = AutoProcessor.from_pretrained(adapter, trust_remote_code=True)
                 except Exception as error:  # any loading failure is the user's to see, the app stays up
                     raise gr.Error(f"Could not load the adapter {adapter!r}: {error}") from error
@@ -121,7 +123,9 @@ class SteerMoEDemo:
 
         def generate():
             try:
-                loaded.model.generate(**inputs.to(loaded.model.device), streamer=streamer, **self._generate_kwargs(loaded))
+                loaded.model.generate(
+                    **inputs.to(loaded.model.device), streamer=streamer, **self._generate_kwargs(loaded)
+                )
             except Exception as error:  # reported below, after the streamer is released
                 errors.append(error)
                 streamer.end()
@@ -141,7 +145,9 @@ class SteerMoEDemo:
         inputs = loaded.processor.apply_transcription_request(samples, sampling_rate=sampling_rate)
         inputs = inputs.to(loaded.model.device)
         out = loaded.model.generate(**inputs, **self._generate_kwargs(loaded))
-        return loaded.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+        return loaded.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[
+            0
+        ].strip()
 
     @torch.no_grad()
     def router_usage(self, loaded: LoadedAdapter, samples: np.ndarray, sampling_rate: int) -> np.ndarray | None:
@@ -152,7 +158,9 @@ class SteerMoEDemo:
         step = SEGMENT_SECONDS * sampling_rate
         totals, frames = None, 0
         for start in range(0, samples.shape[0], step):
-            inputs = loaded.processor.apply_transcription_request(samples[start : start + step], sampling_rate=sampling_rate)
+            inputs = loaded.processor.apply_transcription_request(
+                samples[start : start + step], sampling_rate=sampling_rate
+            )
             output = loaded.model(**inputs.to(loaded.model.device), output_router_logits=True, logits_to_keep=1)
             sums = torch.stack([logits.float().softmax(-1).sum(0) for logits in output.router_logits]).cpu()
             totals = sums if totals is None else totals + sums
@@ -197,7 +205,9 @@ class SteerMoEDemo:
             turn = [{"type": "audio", "audio": samples, "sampling_rate": rate}]
             if question:
                 turn.append({"type": "text", "text": question})
-            history.append({"role": "user", "content": turn, "label": f"🎤 {Path(audio_path).name} {question}".strip()})
+            history.append(
+                {"role": "user", "content": turn, "label": f"🎤 {Path(audio_path).name} {question}".strip()}
+            )
             conversation = [{"role": m["role"], "content": m["content"]} for m in history]
             inputs = loaded.processor.apply_chat_template(
                 conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
@@ -317,7 +327,9 @@ def main():
     app = build_app(demo, default_adapter())
     # One request uses the model at a time; the others wait in the queue (no limit on its length).
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD, show_error=True)
+    app.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD, show_error=True
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 The growing buffer is re-decoded every `update_seconds` of new audio, and a word is shown for good only once two
 consecutive hypotheses agree on it (LocalAgreement-2, as in Macháček et al., "Turning Whisper into Real-Time
 Transcription System", 2023): the committed text only ever grows, and the unconfirmed tail is reported apart. A
-pause after speech, or a buffer longer than `max_buffer_seconds`, closes the segment: its last hypothesis is
-committed whole and a new buffer starts, so the cost of each update stays bounded however long the stream runs.
+pause after speech, or a buffer longer than `max_buffer_seconds`, closes the segment: the audio before it is decoded
+once more and committed whole, and a new buffer starts, so the cost of each update stays bounded however long the
+stream runs.
 """
 
 import re
@@ -41,8 +42,9 @@ class LocalAgreementTranscriber:
         update_seconds: new audio needed before the buffer is decoded again.
         max_buffer_seconds: a buffer this long is cut at its quietest 100 ms in the second half; the audio before the
             cut is decoded once more and committed whole, the rest starts the next buffer.
-        has_speech: `(samples, sampling_rate) -> bool` (e.g. `processor.has_speech`). With it, audio without speech
-            is never decoded, and `pause_seconds` of no speech after speech closes the segment.
+        has_speech: `(samples, sampling_rate) -> bool` (e.g. `processor.has_speech`), applied to 100 ms frames. With
+            it, audio without speech is never decoded, and `pause_seconds` of no speech after speech closes the
+            segment (found anywhere in the buffer, whatever the update cadence).
         pause_seconds: the pause that closes a segment.
     """
 
@@ -64,6 +66,7 @@ class LocalAgreementTranscriber:
         self.has_speech = has_speech
         self.pause_samples = int(pause_seconds * sampling_rate)
         self.committed: list[str] = []
+        self._segment_ends: list[int] = []  # len(committed) when each segment closed
         self._buffer = np.zeros(0, dtype=np.float32)
         self._undecoded = 0  # samples pushed since the last decode
         self._received = 0
@@ -88,13 +91,21 @@ class LocalAgreementTranscriber:
         if self._undecoded < self.update_samples:
             return self._update(decoded=False)
         self._undecoded = 0
-        if self.has_speech is not None and not self.has_speech(self._buffer, self.sampling_rate):
-            # Only silence so far: keep a short tail (a word may be starting) and decode nothing.
-            self._buffer = self._buffer[-self.pause_samples :]
-            return self._update(decoded=False)
-        if self._pause_at_end():
-            self._close_segment(len(self._buffer))
-        elif len(self._buffer) > self.max_buffer_samples:
+        if self.has_speech is not None:
+            speech = self._speech_frames()
+            if not speech.any():
+                # Only silence so far: keep a short tail (a word may be starting) and decode nothing.
+                self._buffer = self._buffer[-self.pause_samples :]
+                return self._update(decoded=False)
+            first = int(np.argmax(speech))
+            if self._previous is None and first > 1:  # a new segment starts 100 ms before its speech
+                self._buffer = self._buffer[(first - 1) * (self.sampling_rate // 10) :]
+                speech = speech[first - 1 :]
+            pause = self._last_pause(speech)
+            if pause is not None:
+                self._close_segment(*pause)
+                return self._update(decoded=True)
+        if len(self._buffer) > self.max_buffer_samples:
             self._close_segment(self._quietest_cut())
         else:
             self._agree(self._decode(self._buffer))
@@ -115,9 +126,17 @@ class LocalAgreementTranscriber:
         """The committed text."""
         return " ".join(self.committed)
 
+    @property
+    def segments(self) -> list[str]:
+        """The committed text of each closed segment (speech up to a pause, or a buffer up to its cut), in order."""
+        bounds = [0, *self._segment_ends]
+        return [" ".join(self.committed[start:end]) for start, end in zip(bounds, bounds[1:])]
+
     def _decode(self, samples: np.ndarray) -> list[str]:
+        """The words of the transcript of `samples` (lone punctuation, as a model writes for a half-heard buffer,
+        dropped)."""
         self.decode_count += 1
-        return self.transcribe(samples, self.sampling_rate).split()
+        return [word for word in self.transcribe(samples, self.sampling_rate).split() if _normalized(word)]
 
     def _agree(self, hypothesis: list[str]) -> None:
         """Commit the words this hypothesis and the previous one agree on, past those already committed."""
@@ -133,22 +152,43 @@ class LocalAgreementTranscriber:
         self._previous = hypothesis
         self._tentative = hypothesis[self._segment_committed :]
 
-    def _close_segment(self, cut: int) -> None:
-        """Decode the buffer up to `cut` and commit its words past those already committed; the rest starts the next
-        buffer, whose first words may already be committed (they were agreed on before the cut)."""
-        head, self._buffer = self._buffer[:cut], self._buffer[cut:]
+    def _close_segment(self, cut: int, resume: int | None = None) -> None:
+        """Decode the buffer up to `cut` and commit its words past those already committed; the buffer from
+        `resume` (default `cut`) on starts the next one, whose first words may already be committed (agreed on
+        before the cut)."""
+        head, self._buffer = self._buffer[:cut], self._buffer[cut if resume is None else resume :]
         head_words = []
         if self.has_speech is None or self.has_speech(head, self.sampling_rate):
             head_words = self._decode(head)
             self.committed += head_words[self._segment_committed :]
+            self._segment_ends.append(len(self.committed))
         self._segment_committed = max(0, self._segment_committed - len(head_words)) if len(self._buffer) else 0
         self._previous = None
         self._tentative = []
 
-    def _pause_at_end(self) -> bool:
-        if self.has_speech is None or len(self._buffer) <= self.pause_samples:
-            return False
-        return not self.has_speech(self._buffer[-self.pause_samples :], self.sampling_rate)
+    def _speech_frames(self) -> np.ndarray:
+        """`has_speech` on each whole 100 ms frame of the buffer, `(frames,)` bool."""
+        frame = self.sampling_rate // 10
+        return np.array(
+            [
+                self.has_speech(self._buffer[i : i + frame], self.sampling_rate)
+                for i in range(0, len(self._buffer) - frame + 1, frame)
+            ],
+            dtype=bool,
+        )
+
+    def _last_pause(self, speech: np.ndarray) -> tuple[int, int] | None:
+        """`(cut, resume)` around the last run of at least `pause_seconds` without speech that follows speech: the
+        segment ends halfway through `pause_seconds` (quiet word endings stay in) and the next buffer starts where the
+        pause ends."""
+        frame = self.sampling_rate // 10
+        needed = -(-self.pause_samples // frame)
+        silent = np.flatnonzero(~speech)
+        runs = np.split(silent, np.flatnonzero(np.diff(silent) != 1) + 1) if silent.size else []
+        for run in reversed(runs):
+            if len(run) >= needed and run[0] > 0 and speech[: run[0]].any():
+                return (run[0] + needed // 2) * frame, min((run[-1] + 1) * frame, len(self._buffer))
+        return None
 
     def _quietest_cut(self) -> int:
         """The start of the quietest 100 ms frame in the buffer's second half."""

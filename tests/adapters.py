@@ -20,7 +20,9 @@ def save_readable_adapter(path, backbone_dirs, chat: bool = True, **config_kwarg
     if not chat:
         tokenizer.chat_template = processor.chat_template = None
     allowed = set("abcdefghijklmnopqrstuvwxyz ")
-    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) not in allowed]
+    model.generation_config.suppress_tokens = [
+        i for i in range(len(tokenizer)) if tokenizer.decode([i]) not in allowed
+    ]
     model.generation_config.sequence_bias = [[tokenizer.encode(" ", add_special_tokens=False), 2.0]]
     model.save_pretrained(path)
     processor.save_pretrained(path)

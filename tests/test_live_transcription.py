@@ -63,27 +63,34 @@ def test_words_are_committed_once_two_decodings_agree_and_the_text_only_grows():
     # LocalAgreement-2's lag: a word complete at one decoding is committed at the next one.
     for update in updates:
         if update.decoded:
-            ended = sum(1 for i in range(len(words)) if (i * (WORD + GAP) + WORD) / RATE <= update.audio_seconds - 0.75)
+            ended = sum(
+                1 for i in range(len(words)) if (i * (WORD + GAP) + WORD) / RATE <= update.audio_seconds - 0.75
+            )
             assert len(update.committed.split()) >= ended
     assert decoder.lengths == sorted(decoder.lengths)  # one growing buffer: no segment was closed
     assert sum(update.decoded for update in updates) == len(decoder.lengths) - 1  # + the final decoding
 
 
-def test_a_pause_closes_the_segment_and_silence_is_never_decoded():
+@pytest.mark.parametrize("pause", [1.5, 0.7])
+def test_a_pause_closes_the_segment_and_silence_is_never_decoded(pause):
     words = "the quick brown fox can do for you".split()
-    signal = np.concatenate([np.zeros(2 * RATE, np.float32), speak(words, pause_after={3: 1.5})])
+    signal = np.concatenate([np.zeros(2 * RATE, np.float32), speak(words, pause_after={3: pause})])
     decoder = FakeDecoder()
     transcriber = LocalAgreementTranscriber(
-        decoder, sampling_rate=RATE, update_seconds=0.5, max_buffer_seconds=30,
+        decoder, sampling_rate=RATE, update_seconds=1.0, max_buffer_seconds=30,
         has_speech=lambda samples, rate: bool(np.abs(samples).max() > 0), pause_seconds=0.6,
     )  # fmt: skip
     updates, final = stream(transcriber, signal)
     assert final.committed == " ".join(words)
-    # The leading 2 s of silence were never decoded, and the second sentence started a new buffer.
-    first_sentence = 4 * (WORD + GAP) / RATE
-    assert max(decoder.lengths) <= first_sentence + 1.5 + 0.5
+    assert transcriber.segments == ["the quick brown fox", "can do for you"]
+    assert not any(update.decoded for update in updates[:8])  # the leading 2 s of silence were never decoded
+    # The pause closed the first segment even when no update fell inside it (0.7 s against updates every 1 s): no
+    # decoding ever covered the first sentence, the pause and more than an update of the second sentence.
+    kept_silence, first_sentence = 0.1, 4 * (WORD + GAP) / RATE  # a segment starts 100 ms before its speech
+    closing = kept_silence + first_sentence - GAP / RATE + 0.3  # decoded up to halfway through the 0.6 s pause
+    assert decoder.lengths.count(pytest.approx(closing)) == 1
+    assert max(decoder.lengths) < kept_silence + first_sentence + pause + 1.0
     assert any(later < earlier for earlier, later in zip(decoder.lengths, decoder.lengths[1:]))
-    assert updates[3].decoded is False and updates[3].committed == ""
 
 
 def test_a_long_buffer_is_cut_at_a_quiet_point_without_losing_words():
@@ -93,6 +100,7 @@ def test_a_long_buffer_is_cut_at_a_quiet_point_without_losing_words():
     updates, final = stream(transcriber, speak(words))
     assert final.committed == " ".join(words)
     assert max(decoder.lengths) <= 4 + 0.5  # the cost of a decoding stays bounded on a 15 s stream
+    assert len(transcriber.segments) >= 4 and " ".join(transcriber.segments) == final.committed
     shown = [update.committed for update in updates]
     assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:]))
 

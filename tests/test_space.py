@@ -98,7 +98,10 @@ def test_long_clip_goes_segment_by_segment_with_progress(demo, adapter, clips):
     progress = RecordedProgress()
     outputs = list(demo.run(str(adapter), str(clips["long.wav"]), "Transcribe", "", [], progress=progress))
     # The silent middle segment is gated out: two segments are transcribed, one after the other.
-    assert [desc for _, desc in progress.calls if desc and desc.startswith("Segment")] == ["Segment 1 of 2", "Segment 2 of 2"]
+    assert [desc for _, desc in progress.calls if desc and desc.startswith("Segment")] == [
+        "Segment 1 of 2",
+        "Segment 2 of 2",
+    ]
     assert [value for value, desc in progress.calls if desc == "Segment 2 of 2"] == [(1, 2)]
     loaded = demo.load(str(adapter))
     samples, rate = demo.read_clip(loaded, clips["long.wav"])
@@ -107,21 +110,31 @@ def test_long_clip_goes_segment_by_segment_with_progress(demo, adapter, clips):
 
 
 def test_silence_gives_no_transcript_and_bad_requests_give_messages(demo, adapter, clips):
-    outputs = list(demo.run(str(adapter), str(clips["silence.wav"]), "Transcribe", "", [], progress=RecordedProgress()))
+    outputs = list(
+        demo.run(str(adapter), str(clips["silence.wav"]), "Transcribe", "", [], progress=RecordedProgress())
+    )
     assert outputs[-1][0] == ""
     with pytest.raises(GradioError, match="Type the question"):
         list(demo.run(str(adapter), str(clips["speech.wav"]), "Ask a question", " ", [], progress=RecordedProgress()))
     with pytest.raises(GradioError, match="Record or upload"):
         list(demo.run(str(adapter), None, "Transcribe", "", [], progress=RecordedProgress()))
     with pytest.raises(GradioError, match="Could not load the adapter"):
-        list(demo.run(str(clips["speech.wav"].parent / "missing"), None, "Transcribe", "", [], progress=RecordedProgress()))
+        list(
+            demo.run(
+                str(clips["speech.wav"].parent / "missing"), None, "Transcribe", "", [], progress=RecordedProgress()
+            )
+        )
 
 
 def test_chat_keeps_the_conversation_and_needs_a_chat_template(demo, adapter, clips, backbone_dirs, tmp_path):
     *_, (answer, _, view, history) = demo.run(
         str(adapter), str(clips["speech.wav"]), "Chat", "What is said?", [], progress=RecordedProgress()
     )
-    assert answer and [m["role"] for m in history] == ["user", "assistant"] and view[0]["content"].endswith("What is said?")
+    assert (
+        answer
+        and [m["role"] for m in history] == ["user", "assistant"]
+        and view[0]["content"].endswith("What is said?")
+    )
     *_, (second, _, view, history) = demo.run(
         str(adapter), str(clips["other.flac"]), "Chat", "", history, progress=RecordedProgress()
     )
@@ -187,7 +200,9 @@ def server(adapter, tmp_path_factory):
     log.close()
 
 
-def test_client_gets_the_streamed_transcript_errors_for_bad_uploads_and_the_app_stays_up(server, adapter, clips, offline):
+def test_client_gets_the_streamed_transcript_errors_for_bad_uploads_and_the_app_stays_up(
+    server, adapter, clips, offline
+):
     client = Client(server, verbose=False)
     expected = offline(clips["speech.wav"])
 
@@ -200,9 +215,12 @@ def test_client_gets_the_streamed_transcript_errors_for_bad_uploads_and_the_app_
     streamed = [answer for answer, *_ in outputs]
     assert text == expected and len({s for s in streamed if s}) >= 3  # partial texts arrived before the last
     assert plot is not None
-    for clip, message in [("corrupt.wav", "corrupt.wav: not a decodable audio file"),
-                          ("empty.wav", "empty.wav: the file holds no audio samples"),
-                          ("too_long.wav", f"too_long.wav lasts {MAX_SECONDS + 5:.1f} s; this demo takes clips up to {MAX_SECONDS} s")]:  # fmt: skip
+    bad_uploads = {
+        "corrupt.wav": "corrupt.wav: not a decodable audio file",
+        "empty.wav": "empty.wav: the file holds no audio samples",
+        "too_long.wav": f"too_long.wav lasts {MAX_SECONDS + 5:.1f} s; this demo takes clips up to {MAX_SECONDS} s",
+    }
+    for clip, message in bad_uploads.items():
         with pytest.raises(AppError, match=message):
             run(clips[clip])
     assert run(clips["speech.wav"])[1][0] == expected  # the app is still up and gives the same answer
@@ -221,7 +239,9 @@ def chromium(tmp_path, *flags):
     """Selenium driving Debian's headless Chromium; skips where it is not installed."""
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (binary and driver):
-        pytest.skip("Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver; .ci/run does)")
+        pytest.skip(
+            "Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver; .ci/run does)"
+        )
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver on the network
     from selenium import webdriver
 
