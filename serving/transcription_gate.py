@@ -6,8 +6,9 @@ An upload is decoded once with the project's decoder (`processing_steermoe.load_
 audio, is empty, cut short or too long gets a 400 naming the problem before vLLM sees it. A transcription request
 without a `prompt` then goes through the project's no-speech gate (`has_speech`, at the adapter's
 `speech_threshold_db`): a clip without speech gets an empty transcript without running the model, as the
-transformers pipeline returns `{"text": ""}`. Otherwise vLLM receives the clip as mono 16 kHz float WAV, made as the
-`SteerMoEProcessor` makes it (channel mean, soxr), so the server sees the same samples as transformers.
+transformers pipeline returns `{"text": ""}`. A clip at another rate or with several channels reaches vLLM as mono
+16 kHz float WAV made as the `SteerMoEProcessor` makes it (channel mean, soxr), so the server sees the same samples
+as transformers (vLLM would resample with FFmpeg's resampler); a mono 16 kHz upload passes through as sent.
 """
 
 import io
@@ -132,6 +133,8 @@ class TranscriptionGate:
             if not processor.has_speech(samples, rate):
                 return _empty_transcription(form, model, samples.shape[0] / rate), None, None
         target_rate = processor.feature_extractor.sampling_rate
+        if rate == target_rate and samples.ndim == 1:
+            return None, body, headers  # vLLM decodes it with the same libsndfile into the same samples
         clip = _to_mono_float32(samples)
         if rate != target_rate:
             clip = soxr.resample(clip, int(rate), target_rate).astype("float32")
