@@ -1,8 +1,10 @@
 """The transformers side of the serving tests, run in the project's environment (transformers >= 5.23, the versions
-users run), not vLLM's: builds test adapters and answers requests with the pipeline and `model.generate`.
+users run), not vLLM's: builds a test adapter and answers requests with the pipeline and `model.generate`.
 
-    python tests/serving_reference.py build OUT_DIR [--audio_model_id ID] [--text_model_id ID]
-    python tests/serving_reference.py generate ADAPTER REQUESTS.json OUTPUT.json
+    python tests/serving_reference.py OUT_DIR REQUESTS.json [--audio_model_id ID] [--text_model_id ID | --adapter DIR]
+
+builds `OUT_DIR/adapter` (unless `--adapter` names one), prints its path and writes the answers, in order, to
+`OUT_DIR/reference.json`.
 
 A request is `{"kind": "transcribe", "audio": path, "prompt": str or null, "language": str or null,
 "max_new_tokens": n}` (the ASR pipeline, or `apply_transcription_request` when a language is named) or
@@ -117,21 +119,16 @@ def generate(adapter: str, requests: list[dict]) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build")
-    build_parser.add_argument("out_dir", type=Path)
-    build_parser.add_argument("--audio_model_id")
-    build_parser.add_argument("--text_model_id")
-    generate_parser = commands.add_parser("generate")
-    generate_parser.add_argument("adapter")
-    generate_parser.add_argument("requests", type=Path)
-    generate_parser.add_argument("output", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("requests", type=Path)
+    parser.add_argument("--audio_model_id")
+    parser.add_argument("--text_model_id")
+    parser.add_argument("--adapter", help="answer with this adapter instead of building one")
     args = parser.parse_args()
-    if args.command == "build":
-        print(build(args.out_dir, args.audio_model_id, args.text_model_id))
-    else:
-        texts = generate(args.adapter, json.loads(args.requests.read_text()))
-        args.output.write_text(json.dumps(texts))
+    adapter = args.adapter or str(build(args.out_dir, args.audio_model_id, args.text_model_id))
+    texts = generate(adapter, json.loads(args.requests.read_text()))
+    (args.out_dir / "reference.json").write_text(json.dumps(texts))
+    print(adapter)
 
 
 if __name__ == "__main__":

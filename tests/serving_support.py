@@ -44,21 +44,18 @@ def reference_python() -> str:
     return python
 
 
-def run_reference(*args: str) -> str:
-    """Run tests/serving_reference.py in the project's environment; returns its stdout."""
-    command = [reference_python(), str(ROOT / "tests" / "serving_reference.py"), *map(str, args)]
+def build_and_answer(out_dir: Path, requests: list[dict], *options) -> tuple[str, list[str]]:
+    """Run tests/serving_reference.py in the project's environment: builds an adapter in `out_dir` (or uses
+    `--adapter DIR` from `options`) and returns its path and what the transformers pipeline / `model.generate`
+    answer to `requests`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    request_file = out_dir / "requests.json"
+    request_file.write_text(json.dumps(requests))
+    command = [reference_python(), str(ROOT / "tests" / "serving_reference.py"), str(out_dir), str(request_file), *map(str, options)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    return result.stdout
-
-
-def reference_texts(adapter: Path, requests: list[dict], workdir: Path) -> list[str]:
-    """What the transformers pipeline / `model.generate` answer to `requests` (see tests/serving_reference.py)."""
-    request_file, output_file = workdir / "requests.json", workdir / "reference.json"
-    request_file.write_text(json.dumps(requests))
-    run_reference("generate", adapter, request_file, output_file)
-    return json.loads(output_file.read_text())
+    return result.stdout.strip().splitlines()[-1], json.loads((out_dir / "reference.json").read_text())
 
 
 def _free_port() -> int:

@@ -12,15 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import speechlike
-from serving_support import (
-    REQUEST_TIMEOUT_S,
-    input_audio,
-    reference_texts,
-    require_vllm,
-    run_reference,
-    vllm_server,
-    wav_bytes,
-)
+from serving_support import REQUEST_TIMEOUT_S, build_and_answer, input_audio, require_vllm, vllm_server, wav_bytes
 
 
 MAX_TOKENS = 12
@@ -59,8 +51,26 @@ def clips(workdir):
 
 
 @pytest.fixture(scope="module")
-def adapter(openai, workdir):
-    return run_reference("build", workdir / "tiny").strip().splitlines()[-1]
+def adapter_and_reference(openai, workdir, clips):
+    """The tiny randomised adapter, and `{json-encoded request: text}` from the transformers side for every request
+    the tests send."""
+    requests = [transcription_request(clips[name]) for name in CLIPS]
+    requests += [transcription_request(clips["medium.wav"], prompt="what is said in this recording")]
+    requests += [transcription_request(clips["medium.wav"], language="fr")]
+    requests += [transcription_request(clips["silence.wav"], prompt="what is said in this recording")]
+    requests += [chat_request(messages) for messages in conversations(clips).values()]
+    adapter, texts = build_and_answer(workdir / "tiny", requests)
+    return adapter, {json.dumps(request, sort_keys=True): text for request, text in zip(requests, texts)}
+
+
+@pytest.fixture(scope="module")
+def adapter(adapter_and_reference):
+    return adapter_and_reference[0]
+
+
+@pytest.fixture(scope="module")
+def reference(adapter_and_reference):
+    return adapter_and_reference[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +121,6 @@ def to_openai(messages: list) -> list:
             content = [input_audio(part["path"]) if part["type"] == "audio" else part for part in content]
         converted.append({**message, "content": content})
     return converted
-
-
-@pytest.fixture(scope="module")
-def reference(adapter, clips, workdir):
-    """`{json-encoded request: text}` from the transformers side, for every request the tests send."""
-    requests = [transcription_request(clips[name]) for name in CLIPS]
-    requests += [transcription_request(clips["medium.wav"], prompt="what is said in this recording")]
-    requests += [transcription_request(clips["medium.wav"], language="fr")]
-    requests += [transcription_request(clips["silence.wav"], prompt="what is said in this recording")]
-    requests += [chat_request(messages) for messages in conversations(clips).values()]
-    texts = reference_texts(adapter, requests, workdir)
-    return {json.dumps(request, sort_keys=True): text for request, text in zip(requests, texts)}
 
 
 def expected(reference, request) -> str:
