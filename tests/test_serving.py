@@ -276,3 +276,27 @@ def test_launcher_adds_steermoe_defaults_and_keeps_user_arguments(openai, adapte
 
     custom = vllm_arguments(adapter, ["--host", "0.0.0.0", "--override-generation-config", "{}"], str(tmp_path))
     assert custom.count("--host") == 1 and custom.count("--override-generation-config") == 1
+
+
+def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SHARED
+    from serving_support import reference_python
+
+    if not (SHARED / "audio").is_dir():
+        pytest.skip(f"{SHARED / 'audio'} is absent: the benchmark cuts its clips from those recordings")
+    output = tmp_path / "result.json"
+    command = [sys.executable, str(ROOT / "bench" / "serving_throughput.py"), "--adapter", adapter, "--server_url",
+               str(client.base_url), "--reference_python", reference_python(), "--clips", "3", "--concurrency", "1", "3",
+               "--batch_sizes", "1", "2", "--max_new_tokens", "2", "--output", str(output)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert [row["system"] for row in rows] == [
+        "transformers pipeline, batch 1", "transformers pipeline, batch 2", "vLLM, concurrency 1", "vLLM, concurrency 3"
+    ]
+    assert all(row["requests_per_s"] > 0 and row["latency_p90_s"] >= row["latency_p50_s"] for row in rows)
+    assert all(row["same_texts"] == "3/3" for row in rows[2:])
+    assert "| vLLM, concurrency 3 |" in result.stdout
