@@ -5,8 +5,13 @@ import logging
 import math
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 from transformers.tokenization_utils_base import AddedToken
+
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.20 (vLLM's pin, see serving/): sub-configs are built in __post_init__
+    SubConfigSpec = None
 
 
 logger = logging.getLogger(__name__)
@@ -113,10 +118,14 @@ class SteerMoEConfig(PreTrainedConfig):
     """
 
     model_type = "steermoe"
-    sub_configs_defaults = {
-        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", optional=True),
-    }
+    _sub_config_types = {"audio_config": "whisper", "text_config": "qwen2"}  # default model_type of each
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=default_type, optional=True)
+            for key, default_type in _sub_config_types.items()
+        }
+    else:
+        sub_configs = dict.fromkeys(_sub_config_types, AutoConfig)
 
     audio_model_id: str | None = None
     audio_model_revision: str | None = None
@@ -149,6 +158,12 @@ class SteerMoEConfig(PreTrainedConfig):
             self.text_config = AutoConfig.from_pretrained(self.text_model_id, revision=self.text_model_revision)
         if self.audio_token_id is None and self.text_model_id is not None:
             self.audio_token_id = resolve_audio_token_id(self.text_model_id, self.text_model_revision, self.audio_token)
+        if SubConfigSpec is None:
+            for key, default_type in self._sub_config_types.items():
+                value = getattr(self, key)
+                if isinstance(value, dict):
+                    fields = {name: item for name, item in value.items() if name != "model_type"}
+                    setattr(self, key, AutoConfig.for_model(value.get("model_type", default_type), **fields))
         super().__post_init__(**kwargs)
         if self.pooling_type not in POOLING_TYPES:
             raise ValueError(f"pooling_type must be one of {POOLING_TYPES}, got {self.pooling_type!r}")

@@ -185,6 +185,8 @@ class SteerMoEProcessorKwargs(ProcessingKwargs, total=False):
     `pad_to_multiple_of`, `add_special_tokens`, `return_attention_mask`, ...), `sampling_rate`, and
     `return_tensors` ("pt" by default, "np", or None for lists)."""
 
+    _defaults = {}  # transformers < 5.20 (vLLM's pin, see serving/) reads it unconditionally; TypedDicts do not inherit it
+
 
 class SteerMoEProcessor(ProcessorMixin):
     r"""

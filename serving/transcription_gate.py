@@ -1,0 +1,191 @@
+# Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
+"""ASGI middleware in front of vLLM's `/v1/audio/transcriptions` (added with vLLM's `--middleware`; `python -m
+serving` adds it).
+
+An upload is decoded once with the project's decoder (`processing_steermoe.load_audio`), so a file that is not
+audio, is empty, cut short or too long gets a 400 naming the problem before vLLM sees it. A transcription request
+without a `prompt` then goes through the project's no-speech gate (`has_speech`, at the adapter's
+`speech_threshold_db`): a clip without speech gets an empty transcript without running the model, as the
+transformers pipeline returns `{"text": ""}`. A clip at another rate or with several channels reaches vLLM as mono
+16 kHz float WAV made as the `SteerMoEProcessor` makes it (channel mean, soxr), so the server sees the same samples
+as transformers (vLLM would resample with FFmpeg's resampler); a mono 16 kHz upload passes through as sent.
+"""
+
+import io
+import math
+import secrets
+import time
+
+import soundfile
+import soxr
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from vllm import envs
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.entrypoints.speech_to_text.transcription.protocol import (
+    TranscriptionResponse,
+    TranscriptionResponseStreamChoice,
+    TranscriptionStreamResponse,
+    TranscriptionUsageAudio,
+)
+
+from processing_steermoe import _to_mono_float32, load_audio
+from serving.vllm_steermoe import load_processor
+
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+FORM_OVERHEAD_BYTES = 1 << 20  # room for the form's other fields and the multipart framing
+GATED_FORMATS = ("json", "text")  # vLLM answers verbose_json / diarized_json itself (unsupported for SteerMoE)
+
+
+def _error(status: int, message: str, param: str | None = "file") -> JSONResponse:
+    """An error in vLLM's OpenAI-style shape."""
+    kind = "BadRequestError" if status == 400 else "RequestEntityTooLarge"
+    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=status))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _empty_transcription(form, model: str, seconds: float) -> Response:
+    """The answer for a clip without speech, in the shape vLLM gives a transcription (JSON, or a stream)."""
+    if str(form.get("stream", "false")).lower() != "true":
+        usage = TranscriptionUsageAudio(seconds=int(math.ceil(seconds)))
+        return JSONResponse(TranscriptionResponse(text="", usage=usage).model_dump())
+    choice = TranscriptionResponseStreamChoice(delta=DeltaMessage(content=""), finish_reason="stop")
+    chunk = TranscriptionStreamResponse(
+        id=f"transcribe-{secrets.token_hex(8)}", object="transcription.chunk", created=int(time.time()), model=model,
+        choices=[choice],
+    )
+    events = [f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n", "data: [DONE]\n\n"]
+    return StreamingResponse(iter(events), media_type="text/event-stream")
+
+
+def _multipart(form, samples, sampling_rate: int) -> tuple[bytes, str]:
+    """The form again, its file replaced by `samples` as a float WAV; returns the body and its content type."""
+    boundary = secrets.token_hex(16)
+    wav = io.BytesIO()
+    soundfile.write(wav, samples, sampling_rate, format="WAV", subtype="FLOAT")
+    parts = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            header = f'Content-Disposition: form-data; name="{name}"; filename="audio.wav"\r\nContent-Type: audio/wav'
+            content = wav.getvalue()
+        else:
+            header = f'Content-Disposition: form-data; name="{name}"'
+            content = str(value).encode()
+        parts.append(f"--{boundary}\r\n{header}\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class TranscriptionGate:
+    """Decodes, checks and gates `/v1/audio/transcriptions` uploads before vLLM handles them (see the module
+    docstring); every other route passes through untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != TRANSCRIPTIONS_PATH:
+            await self.app(scope, receive, send)
+            return
+        limit = int(envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB * (1 << 20))
+        body, complete = await _read_body(receive, limit + FORM_OVERHEAD_BYTES)
+        if not complete:
+            response = _error(413, f"The upload is larger than the server's {envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB} MB limit.")
+            await response(scope, receive, send)
+            return
+        response, body, headers = await self._check(scope, body)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app({**scope, "headers": headers}, _replay(body, receive), send)
+
+    async def _check(self, scope, body: bytes):
+        """Returns `(response, body, headers)`: a response to send now, or the (rewritten) request for vLLM."""
+        headers = list(scope["headers"])
+        async with Request(scope, _replay(body, _no_more_messages)).form() as form:
+            return await self._check_form(scope, form, body, headers)
+
+    async def _check_form(self, scope, form, body: bytes, headers: list):
+        upload = form.get("file")
+        state = scope["app"].state
+        served = state.openai_serving_models
+        model = form.get("model") or served.model_name()
+        if not isinstance(upload, UploadFile) or not served.is_base_model(model):
+            return None, body, headers  # vLLM gives its own error for a missing file or an unknown model
+        name = upload.filename or "the uploaded file"
+        data = await upload.read()
+        if len(data) > int(envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB * (1 << 20)):
+            return _error(413, f"{name} is larger than the server's {envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB} MB limit."), None, None
+        model_config = state.vllm_config.model_config
+        processor = load_processor(model_config.model, model_config.revision)
+        try:
+            seconds = _duration(data)
+            if seconds is not None and seconds > envs.VLLM_MAX_AUDIO_DECODE_DURATION_S:
+                raise ValueError(f"{seconds:.0f} s of audio, more than the server's limit of {envs.VLLM_MAX_AUDIO_DECODE_DURATION_S} s.")
+            samples, rate = load_audio(data)
+        except ValueError as error:
+            reason = str(error).split(": ", 1)[-1] if str(error).startswith("<") else str(error)
+            return _error(400, f"{name}: {reason}"), None, None
+        instruction = form.get("prompt")
+        if not instruction and form.get("response_format", "json") in GATED_FORMATS:
+            if not processor.has_speech(samples, rate):
+                return _empty_transcription(form, model, samples.shape[0] / rate), None, None
+        target_rate = processor.feature_extractor.sampling_rate
+        if rate == target_rate and samples.ndim == 1:
+            return None, body, headers  # vLLM decodes it with the same libsndfile into the same samples
+        clip = _to_mono_float32(samples)
+        if rate != target_rate:
+            clip = soxr.resample(clip, int(rate), target_rate).astype("float32")
+        body, content_type = _multipart(form, clip, target_rate)
+        headers = [(key, value) for key, value in headers if key not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        return None, body, headers
+
+
+def _duration(data: bytes) -> float | None:
+    """Seconds of audio the file announces, read from its header without decoding; None when unreadable."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        return None
+    return info.frames / info.samplerate if 0 < info.frames < 2**62 else None
+
+
+async def _read_body(receive, limit: int) -> tuple[bytes, bool]:
+    """The request body, and whether it fits in `limit` bytes (the rest of a larger one is read and dropped, so
+    the client gets the error response instead of a reset connection)."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks), size <= limit
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that returns the already read `body` once, then the connection's own messages (so a
+    client disconnecting still cancels its request)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _no_more_messages():
+    return {"type": "http.disconnect"}
+
+
+__all__ = ["TranscriptionGate"]
