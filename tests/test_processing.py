@@ -90,7 +90,8 @@ def test_labels_mark_only_the_target(processor):
 
 def test_chat_template_puts_the_audio_in_the_user_turn(processor):
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe the audio."}]}]
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe the audio."}]}],
+        add_generation_prompt=True,
     )
     assert prompt == f"<|im_start|>user\n{processor.audio_token}Transcribe the audio.<|im_end|>\n<|im_start|>assistant\n"
     inputs = processor(text=prompt, audio=speechlike(1.0), sampling_rate=16000)
