@@ -298,11 +298,16 @@ def build_app(demo: SteerMoEDemo, adapter: str = "") -> gr.Blocks:
             live_state = gr.State(None)
 
         def load(name):
+            """Load the adapter; chat is offered only on an instruct LLM."""
             loaded = demo.load(name)
             choices = list(TASKS) if loaded.can_chat else list(TASKS[:2])
-            return loaded.describe(), gr.Radio(choices=choices)
+            chat = gr.update(visible=loaded.can_chat)
+            return loaded.describe(), gr.Radio(choices=choices, value="Transcribe"), chat, chat
 
-        load_button.click(load, adapter_box, [status, task], concurrency_id="model")
+        load_outputs = [status, task, chatbot, clear_button]
+        load_button.click(load, adapter_box, load_outputs, concurrency_id="model")
+        if adapter:  # the default adapter is loaded when the page opens
+            app.load(load, adapter_box, load_outputs, concurrency_id="model")
         run_button.click(
             demo.run, [adapter_box, audio, task, question, history], [answer, plot, chatbot, history],
             api_name="run", concurrency_id="model", show_progress_on=plot,  # the text stays readable while it streams

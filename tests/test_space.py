@@ -266,6 +266,7 @@ def test_browser_uploads_a_clip_and_sees_the_streamed_transcript(server, clips, 
     try:
         browser.get(server)
         wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: "aligner parameters (layerwise); chat available" in b.page_source)  # loaded on opening
         upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
         upload.send_keys(str(clips["speech.wav"]))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "audio, #waveform, .waveform-container"))
