@@ -512,7 +512,8 @@ class SteerMoETrainer(Trainer):
 
     def _ctc_embedding_matrix(self, core) -> torch.Tensor:
         if getattr(self, "_ctc_embeddings", None) is None:
-            self._ctc_embeddings = core.get_input_embeddings().weight.detach().float()
+            weight = core.get_input_embeddings().weight.detach()
+            self._ctc_embeddings = weight if weight.dtype == torch.bfloat16 else weight.float()
         return self._ctc_embeddings
 
     def _ctc_blank_id(self, core) -> int:
@@ -678,8 +679,8 @@ def ctc_loss_over_vocabulary(
     pushed toward the embedding of the token it carries. Targets are the labelled tokens (`labels != -100`) less a
     final `eos_token_id` and any `blank_id`. Mean over examples of the loss per target token (torch's "mean")."""
     counts = placeholder_mask.sum(1)
-    frames = inputs_embeds[placeholder_mask].float()
-    log_probs = (frames @ embedding_matrix.t()).log_softmax(-1)
+    frames = inputs_embeds[placeholder_mask].to(embedding_matrix.dtype)  # bf16 matmul when the LLM is bf16
+    log_probs = (frames @ embedding_matrix.t()).float().log_softmax(-1)
     per_example = torch.nn.utils.rnn.pad_sequence(list(log_probs.split(counts.tolist())), batch_first=False)
     targets, target_lengths = [], []
     for row in labels:
