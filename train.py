@@ -60,8 +60,8 @@ PROJECTOR_PARAMETERS = ("aligner.projector",)
 RECORDED_TRAINING_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
     "steering_learning_rate", "learning_rate", "projector_learning_rate", "lr_scheduler_type", "warmup_steps",
-    "router_balance_loss_coef", "ctc_loss_coef", "llm_loss_start_step", "target_logits_only", "llm_dtype", "bf16",
-    "seed",
+    "router_balance_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "frame_norm_loss_coef", "llm_loss_start_step",
+    "target_logits_only", "llm_dtype", "bf16", "seed",
 )  # fmt: skip
 
 
@@ -142,6 +142,18 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
             "frames @ input-embedding matrix^T, targets = the transcript's token ids): a direct signal for every "
             "frame. 0 (default) trains with the LLM's loss alone, as the paper does."
         },
+    )
+    ctc_logit_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "0: CTC logits are frames @ embeddings^T (this pushes frame norms far above the token embeddings'); "
+            "> 0: cosine logits times this scale (direction only), with --frame_norm_loss_coef keeping the norms near "
+            "the embeddings' mean norm."
+        },
+    )
+    frame_norm_loss_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of mean((|frame| / mean |token embedding| - 1)^2) on the projected audio frames."},
     )
     ctc_blank_token: str = field(
         default=" ",
@@ -453,7 +465,10 @@ class SteerMoETrainer(Trainer):
 
     def _uses_split_loss(self, model) -> bool:
         args = self.args
-        wanted = args.ctc_loss_coef > 0 or args.target_logits_only or args.llm_loss_start_step > 0
+        wanted = (
+            args.ctc_loss_coef > 0 or args.target_logits_only or args.llm_loss_start_step > 0
+            or args.frame_norm_loss_coef > 0
+        )
         return wanted and not self.accelerator.unwrap_model(model)._llm_lora_layers
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -494,10 +509,16 @@ class SteerMoETrainer(Trainer):
             placeholder_mask = core.get_placeholder_mask(input_ids)
             ctc = ctc_loss_over_vocabulary(
                 inputs_embeds, placeholder_mask, labels, self._ctc_embedding_matrix(core), self._ctc_blank_id(core),
-                self.processing_class.tokenizer.eos_token_id,
+                self.processing_class.tokenizer.eos_token_id, args.ctc_logit_scale,
             )
             self._loss_parts.setdefault("ctc_loss", []).append(ctc.detach())
             loss = loss + args.ctc_loss_coef * ctc
+        if args.frame_norm_loss_coef > 0:
+            self._ctc_embedding_matrix(core)
+            norms = inputs_embeds[core.get_placeholder_mask(input_ids)].float().norm(dim=-1)
+            norm_loss = ((norms / self._mean_embedding_norm - 1) ** 2).mean()
+            self._loss_parts.setdefault("frame_norm_loss", []).append(norm_loss.detach())
+            loss = loss + args.frame_norm_loss_coef * norm_loss
         return loss, router_logits
 
     def _llm_target_loss(self, core, inputs_embeds, attention_mask, labels):
@@ -513,6 +534,9 @@ class SteerMoETrainer(Trainer):
     def _ctc_embedding_matrix(self, core) -> torch.Tensor:
         if getattr(self, "_ctc_embeddings", None) is None:
             weight = core.get_input_embeddings().weight.detach()
+            self._mean_embedding_norm = float(weight.float().norm(dim=-1).mean())
+            if self.args.ctc_logit_scale > 0:
+                weight = torch.nn.functional.normalize(weight.float(), dim=-1).to(weight.dtype)
             self._ctc_embeddings = weight if weight.dtype == torch.bfloat16 else weight.float()
         return self._ctc_embeddings
 
@@ -671,15 +695,19 @@ def ctc_loss_over_vocabulary(
     embedding_matrix: torch.Tensor,
     blank_id: int,
     eos_token_id: int | None = None,
+    logit_scale: float = 0.0,
 ) -> torch.Tensor:
     """CTC loss of each example's audio frames against its transcript tokens, over the LLM's vocabulary.
 
     The frames are the example's audio placeholder positions in `inputs_embeds` `(batch, seq, D)` (in order, all
     windows); their logits are `frames @ embedding_matrix^T` (the LLM's input embeddings, `(V, D)`), so a frame is
-    pushed toward the embedding of the token it carries. Targets are the labelled tokens (`labels != -100`) less a
+    pushed toward the embedding of the token it carries (with `logit_scale > 0`: `logit_scale * cos(frame, row)`, rows
+    of `embedding_matrix` already unit-norm). Targets are the labelled tokens (`labels != -100`) less a
     final `eos_token_id` and any `blank_id`. Mean over examples of the loss per target token (torch's "mean")."""
     counts = placeholder_mask.sum(1)
     frames = inputs_embeds[placeholder_mask].to(embedding_matrix.dtype)  # bf16 matmul when the LLM is bf16
+    if logit_scale > 0:  # cosine logits: `embedding_matrix` is expected unit-norm (see `_ctc_embedding_matrix`)
+        frames = torch.nn.functional.normalize(frames.float(), dim=-1).to(embedding_matrix.dtype) * logit_scale
     log_probs = (frames @ embedding_matrix.t()).float().log_softmax(-1)
     per_example = torch.nn.utils.rnn.pad_sequence(list(log_probs.split(counts.tolist())), batch_first=False)
     targets, target_lengths = [], []
