@@ -544,7 +544,8 @@ class SteerMoETrainer(Trainer):
         if getattr(self, "_ctc_blank", None) is None:
             tokenizer = self.processing_class.tokenizer
             ids = tokenizer(self.args.ctc_blank_token, add_special_tokens=False)["input_ids"]
-            self._ctc_blank = ids[0] if len(ids) == 1 else tokenizer.pad_token_id
+            fallback = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self._ctc_blank = ids[0] if len(ids) == 1 else fallback
         return self._ctc_blank
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
