@@ -56,10 +56,12 @@ logger = logging.getLogger("steermoe.train")
 METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "asr_error_rate")
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 STEERING_PARAMETERS = ("aligner.steering_vectors", "aligner.layer_scales")
+PROJECTOR_PARAMETERS = ("aligner.projector",)
 RECORDED_TRAINING_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "steering_learning_rate", "learning_rate", "lr_scheduler_type", "warmup_steps", "router_balance_loss_coef",
-    "bf16", "seed",
+    "steering_learning_rate", "learning_rate", "projector_learning_rate", "lr_scheduler_type", "warmup_steps",
+    "router_balance_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "frame_norm_loss_coef", "llm_loss_start_step",
+    "target_logits_only", "llm_dtype", "bf16", "seed",
 )  # fmt: skip
 
 
@@ -101,6 +103,10 @@ class DataArguments:
     eval_split: str = field(default="test")
     train_files: list[str] | None = field(default=None, metadata={"help": "Local manifests (CSV/JSONL/Parquet)."})
     eval_files: list[str] | None = field(default=None)
+    extra_eval_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "More manifests scored after training, each on its own (reported under its file stem)."},
+    )
     data_dir: str | None = field(
         default=None, metadata={"help": "An audiofolder: [split/]metadata.csv|jsonl|parquet with a file_name column."}
     )
@@ -126,6 +132,54 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the router and projector."})
     router_balance_loss_coef: float = field(default=0.0, metadata={"help": "Router load-balancing loss weight."})
+    projector_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate)."}
+    )
+    ctc_loss_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an auxiliary CTC loss over the LLM's vocabulary on the projected audio frames (logits = "
+            "frames @ input-embedding matrix^T, targets = the transcript's token ids): a direct signal for every "
+            "frame. 0 (default) trains with the LLM's loss alone, as the paper does."
+        },
+    )
+    ctc_logit_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "0: CTC logits are frames @ embeddings^T (this pushes frame norms far above the token embeddings'); "
+            "> 0: cosine logits times this scale (direction only), with --frame_norm_loss_coef keeping the norms near "
+            "the embeddings' mean norm."
+        },
+    )
+    frame_norm_loss_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of mean((|frame| / mean |token embedding| - 1)^2) on the projected audio frames."},
+    )
+    ctc_blank_token: str = field(
+        default=" ",
+        metadata={"help": "Text of the LLM token used as the CTC blank (a single space by default; pad if not one token)."},
+    )
+    llm_loss_start_step: int = field(
+        default=0,
+        metadata={
+            "help": "Before this step only the CTC (and balance) loss trains and the LLM is not run (cheap steps); "
+            "needs --ctc_loss_coef > 0."
+        },
+    )
+    target_logits_only: bool = field(
+        default=False,
+        metadata={"help": "Compute the LLM's output logits only at target positions (same loss, less compute)."},
+    )
+    llm_dtype: str | None = field(
+        default=None, metadata={"help": "Cast the frozen LLM to this dtype after loading (e.g. bfloat16 on AMX CPUs)."}
+    )
+    oracle_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "Also score the ORACLE: the transcript's own tokens where the audio goes, same prompt, greedy "
+            "decoding with the same stop rule (an upper bound for what the frozen LLM can do with perfect frames)."
+        },
+    )
     generation_max_new_tokens: int = field(default=128)
     generation_stop_strings: list[str] | None = field(
         default=None,
@@ -381,6 +435,7 @@ class SteerMoETrainer(Trainer):
         self._usage = None
         self._usage_total = None
         self._aux_loss = []
+        self._loss_parts = {}
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -394,24 +449,43 @@ class SteerMoETrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            steering, rest = [], []
+            steering, projector, rest = [], [], []
+            separate_projector = self.args.projector_learning_rate is not None
             for name, param in model.named_parameters():
                 if param.requires_grad:
-                    (steering if name.startswith(STEERING_PARAMETERS) else rest).append(param)
+                    if name.startswith(STEERING_PARAMETERS):
+                        steering.append(param)
+                    elif separate_projector and name.startswith(PROJECTOR_PARAMETERS):
+                        projector.append(param)
+                    else:
+                        rest.append(param)
             groups = [
                 {"params": steering, "lr": self.args.steering_learning_rate, "weight_decay": 0.0},
                 {"params": rest, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay},
+                {"params": projector, "lr": self.args.projector_learning_rate, "weight_decay": self.args.weight_decay},
             ]
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
+    def _uses_split_loss(self, model) -> bool:
+        args = self.args
+        wanted = (
+            args.ctc_loss_coef > 0 or args.target_logits_only or args.llm_loss_start_step > 0
+            or args.frame_norm_loss_coef > 0
+        )
+        return wanted and not self.accelerator.unwrap_model(model)._llm_lora_layers
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, output_router_logits=True)
-        loss = outputs.loss
-        if outputs.router_logits:
-            probs = torch.stack([logits.float().softmax(-1) for logits in outputs.router_logits])
+        if self._uses_split_loss(model) and not return_outputs and "input_features" in inputs:
+            loss, router_logits = self._split_loss(model, inputs)
+            outputs = None
+        else:
+            outputs = model(**inputs, output_router_logits=True)
+            loss, router_logits = outputs.loss, outputs.router_logits
+        if router_logits:
+            probs = torch.stack([logits.float().softmax(-1) for logits in router_logits])
             usage = probs.mean(dim=1).detach()
             self._usage = usage if self._usage is None else self._usage + usage
             self._usage_total = usage if self._usage_total is None else self._usage_total + usage
@@ -420,6 +494,65 @@ class SteerMoETrainer(Trainer):
                 self._aux_loss.append(aux_loss.detach())
                 loss = loss + self.args.router_balance_loss_coef * aux_loss
         return (loss, outputs) if return_outputs else loss
+
+    def _split_loss(self, model, inputs):
+        """The recipe's loss computed piece by piece: the audio frames are merged into the prompt embeddings once,
+        then the LLM's cross-entropy on the targets (logits at target positions only with `--target_logits_only`;
+        skipped before `--llm_loss_start_step`) plus `--ctc_loss_coef` times a CTC loss of the projected frames
+        over the LLM's vocabulary. Single-process recipe option (the DDP wrapper's forward is bypassed)."""
+        core = self.accelerator.unwrap_model(model)
+        args = self.args
+        input_ids, labels = inputs["input_ids"], inputs["labels"]
+        inputs_embeds, router_logits = core._merge_audio_into_embeddings(
+            input_ids, inputs["input_features"], inputs.get("feature_attention_mask"), output_router_logits=True
+        )
+        loss = inputs_embeds.new_zeros((), dtype=torch.float32)
+        if self.state.global_step >= args.llm_loss_start_step or args.ctc_loss_coef <= 0:
+            llm_loss = self._llm_target_loss(core, inputs_embeds, inputs["attention_mask"], labels)
+            self._loss_parts.setdefault("llm_loss", []).append(llm_loss.detach())
+            loss = loss + llm_loss
+        if args.ctc_loss_coef > 0:
+            placeholder_mask = core.get_placeholder_mask(input_ids)
+            ctc = ctc_loss_over_vocabulary(
+                inputs_embeds, placeholder_mask, labels, self._ctc_embedding_matrix(core), self._ctc_blank_id(core),
+                self.processing_class.tokenizer.eos_token_id, args.ctc_logit_scale,
+            )
+            self._loss_parts.setdefault("ctc_loss", []).append(ctc.detach())
+            loss = loss + args.ctc_loss_coef * ctc
+        if args.frame_norm_loss_coef > 0:
+            self._ctc_embedding_matrix(core)
+            norms = inputs_embeds[core.get_placeholder_mask(input_ids)].float().norm(dim=-1)
+            norm_loss = ((norms / self._mean_embedding_norm - 1) ** 2).mean()
+            self._loss_parts.setdefault("frame_norm_loss", []).append(norm_loss.detach())
+            loss = loss + args.frame_norm_loss_coef * norm_loss
+        return loss, router_logits
+
+    def _llm_target_loss(self, core, inputs_embeds, attention_mask, labels):
+        llm = core.language_model
+        if not self.args.target_logits_only:
+            return llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels).loss
+        hidden = llm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        shift_labels = labels[:, 1:]
+        positions = shift_labels != -100
+        logits = llm.get_output_embeddings()(hidden[:, :-1][positions]).float()
+        return torch.nn.functional.cross_entropy(logits, shift_labels[positions])
+
+    def _ctc_embedding_matrix(self, core) -> torch.Tensor:
+        if getattr(self, "_ctc_embeddings", None) is None:
+            weight = core.get_input_embeddings().weight.detach()
+            self._mean_embedding_norm = float(weight.float().norm(dim=-1).mean())
+            if self.args.ctc_logit_scale > 0:
+                weight = torch.nn.functional.normalize(weight.float(), dim=-1).to(weight.dtype)
+            self._ctc_embeddings = weight if weight.dtype == torch.bfloat16 else weight.float()
+        return self._ctc_embeddings
+
+    def _ctc_blank_id(self, core) -> int:
+        if getattr(self, "_ctc_blank", None) is None:
+            tokenizer = self.processing_class.tokenizer
+            ids = tokenizer(self.args.ctc_blank_token, add_special_tokens=False)["input_ids"]
+            fallback = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self._ctc_blank = ids[0] if len(ids) == 1 else fallback
+        return self._ctc_blank
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -430,7 +563,9 @@ class SteerMoETrainer(Trainer):
         """Per-layer scale, expert-usage entropy (nats; log E is uniform) and most-used expert since the last log."""
         aligner = self.accelerator.unwrap_model(self.model).aligner
         if not aligner.steered_layers:
-            return {}
+            logs = {name: round(float(torch.stack(v).mean()), 4) for name, v in self._loss_parts.items() if v}
+            self._loss_parts = {}
+            return logs
         scales = aligner.layer_scales.detach().cpu().tolist()
         logs = {f"steer/scale_l{layer}": scale for layer, scale in zip(aligner.steered_layers, scales)}
         if self._usage is not None:
@@ -443,6 +578,10 @@ class SteerMoETrainer(Trainer):
         if self._aux_loss:
             logs["router_balance_loss"] = round(float(torch.stack(self._aux_loss).mean()), 4)
             self._aux_loss = []
+        for name, values in self._loss_parts.items():
+            if values:
+                logs[name] = round(float(torch.stack(values).mean()), 4)
+        self._loss_parts = {}
         return logs
 
     def save_expert_usage_plot(self, path: Path) -> Path | None:
@@ -518,12 +657,103 @@ class SteerMoETrainer(Trainer):
         return metrics
 
 
+    def evaluate_oracle(self, dataset, collator, metric_key_prefix="oracle"):
+        """WER/CER of the frozen LLM given the transcript's own tokens where the audio goes (`oracle_inputs`), with
+        the same prompt, greedy decoding and stop rule as `evaluate`."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        predictions, references = [], []
+        start = time.time()
+        batch_size = self.args.per_device_eval_batch_size
+        for first in tqdm(range(0, len(dataset), batch_size), desc="Oracle", disable=not self.is_local_process_zero()):
+            examples = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
+            targets = [example[collator.data_args.text_column] for example in examples]
+            inputs = oracle_inputs(self.processing_class, [collator.prompt_for(e) for e in examples], targets)
+            inputs = {key: value.to(model.device) for key, value in inputs.items()}
+            output = model.generate(
+                **inputs,
+                max_new_tokens=self.args.generation_max_new_tokens,
+                do_sample=False,
+                tokenizer=self.processing_class.tokenizer,
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            predictions += [t.strip() for t in self.processing_class.batch_decode(new_tokens, skip_special_tokens=True)]
+            references += targets
+        model.train(was_training)
+        scores = self.metric.compute(predictions=predictions, references=references, language=self.language)
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
+        self.last_oracle_predictions = list(zip(references, predictions))
+        self.log(metrics)
+        return metrics
+
+
 def router_balance_loss(probs: torch.Tensor) -> torch.Tensor:
     """Switch-style load balancing, averaged over layers: `E * sum_k f_k * P_k` with `f_k` the share of frames whose
     top expert is `k` and `P_k` the mean routing probability; 1 when balanced. `probs`: `(layers, frames, E)`."""
     experts = probs.shape[-1]
     top_share = torch.nn.functional.one_hot(probs.argmax(-1), experts).float().mean(dim=1)
     return experts * (top_share * probs.mean(dim=1)).sum(-1).mean()
+
+
+def ctc_loss_over_vocabulary(
+    inputs_embeds: torch.Tensor,
+    placeholder_mask: torch.Tensor,
+    labels: torch.Tensor,
+    embedding_matrix: torch.Tensor,
+    blank_id: int,
+    eos_token_id: int | None = None,
+    logit_scale: float = 0.0,
+) -> torch.Tensor:
+    """CTC loss of each example's audio frames against its transcript tokens, over the LLM's vocabulary.
+
+    The frames are the example's audio placeholder positions in `inputs_embeds` `(batch, seq, D)` (in order, all
+    windows); their logits are `frames @ embedding_matrix^T` (the LLM's input embeddings, `(V, D)`), so a frame is
+    pushed toward the embedding of the token it carries (with `logit_scale > 0`: `logit_scale * cos(frame, row)`, rows
+    of `embedding_matrix` already unit-norm). Targets are the labelled tokens (`labels != -100`) less a
+    final `eos_token_id` and any `blank_id`. Mean over examples of the loss per target token (torch's "mean")."""
+    counts = placeholder_mask.sum(1)
+    frames = inputs_embeds[placeholder_mask].to(embedding_matrix.dtype)  # bf16 matmul when the LLM is bf16
+    if logit_scale > 0:  # cosine logits: `embedding_matrix` is expected unit-norm (see `_ctc_embedding_matrix`)
+        frames = torch.nn.functional.normalize(frames.float(), dim=-1).to(embedding_matrix.dtype) * logit_scale
+    log_probs = (frames @ embedding_matrix.t()).float().log_softmax(-1)
+    per_example = torch.nn.utils.rnn.pad_sequence(list(log_probs.split(counts.tolist())), batch_first=False)
+    targets, target_lengths = [], []
+    for row in labels:
+        tokens = row[row != -100]
+        if eos_token_id is not None and len(tokens) and tokens[-1] == eos_token_id:
+            tokens = tokens[:-1]
+        tokens = tokens[tokens != blank_id]
+        targets.append(tokens)
+        target_lengths.append(len(tokens))
+    return torch.nn.functional.ctc_loss(
+        per_example,
+        torch.cat(targets).to(per_example.device),
+        counts.to(per_example.device),
+        torch.tensor(target_lengths, device=per_example.device),
+        blank=blank_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+
+
+def oracle_inputs(processor, prompts: list[str], targets: list[str]) -> dict:
+    """Text-only generation inputs for the ORACLE: each prompt with its audio token replaced by the target's own
+    tokens (the transcript's token embeddings where the audio frames would go), left-padded."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for prompt, target in zip(prompts, targets):
+        before, after = prompt.split(processor.audio_token)
+        ids = tokenizer(before, add_special_tokens=False)["input_ids"]
+        ids += tokenizer(target, add_special_tokens=False)["input_ids"]
+        ids += tokenizer(after, add_special_tokens=False)["input_ids"]
+        rows.append(ids)
+    length = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows])
+    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def build_model_and_processor(model_args: ModelArguments):
@@ -562,6 +792,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args)
+    if training_args.llm_dtype:
+        model.language_model.to(getattr(torch, training_args.llm_dtype))
     if training_args.generation_stop_strings:
         model.generation_config.stop_strings = list(training_args.generation_stop_strings)
     report = {"parameters": model.get_parameter_report(), "data": {}}
@@ -614,10 +846,21 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             logger.warning("Stopped by a signal; resume with --resume_from_checkpoint true.")
     if training_args.do_eval and not stopper.requested:
         report["eval"] = trainer.evaluate()
-        if trainer.is_world_process_zero():
-            with open(output_dir / "eval_predictions.jsonl", "w") as handle:
-                for reference, prediction in trainer.last_predictions:
-                    handle.write(json.dumps({"reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
+        write_predictions(trainer, output_dir / "eval_predictions.jsonl", trainer.last_predictions)
+        for extra_file in data_args.extra_eval_files or []:
+            name = Path(extra_file).stem
+            extra_dataset, extra_base = load_split(data_args, data_args.eval_split, [extra_file])
+            extra_dataset, report["data"][name] = filter_split(
+                extra_dataset, data_args, processor.tokenizer, extra_base, data_args.max_eval_samples, name
+            )
+            extra_collator = SteerMoEDataCollator(processor, data_args, extra_base, with_targets=False)
+            trainer.eval_collator = extra_collator
+            report.setdefault("extra_eval", {})[name] = trainer.evaluate(extra_dataset, metric_key_prefix=name)
+            trainer.eval_collator = eval_collator
+            write_predictions(trainer, output_dir / f"{name}_predictions.jsonl", trainer.last_predictions)
+        if training_args.oracle_eval:
+            report["oracle"] = trainer.evaluate_oracle(eval_dataset, eval_collator)
+            write_predictions(trainer, output_dir / "oracle_predictions.jsonl", trainer.last_oracle_predictions)
     report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
     report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
     report["training_args"] = {key: getattr(training_args, key) for key in RECORDED_TRAINING_ARGS}
@@ -629,6 +872,14 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         if push_to_hub:
             trainer.push_to_hub()
     return report
+
+
+def write_predictions(trainer, path: Path, pairs) -> None:
+    if trainer.is_world_process_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            for reference, prediction in pairs:
+                handle.write(json.dumps({"reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
 
 
 def peak_memory_mb() -> dict:
@@ -647,6 +898,10 @@ def summarize(report: dict) -> str:
     for key, label in (("eval_before", "before training"), ("eval", "after training")):
         if key in report:
             parts.append(f"{label}: WER {report[key][f'{key}_wer']:.3f}, CER {report[key][f'{key}_cer']:.3f}")
+    for name, metrics in report.get("extra_eval", {}).items():
+        parts.append(f"{name}: WER {metrics[f'{name}_wer']:.3f}, CER {metrics[f'{name}_cer']:.3f}")
+    if "oracle" in report:
+        parts.append(f"oracle (transcript tokens as input): WER {report['oracle']['oracle_wer']:.3f}")
     if "train" in report:
         parts.append(f"training: {report['train']['minutes']} min, {report['train'].get('train_loss', float('nan')):.3f} mean loss")
     return "SteerMoE results: " + ("; ".join(parts) if parts else "nothing evaluated")

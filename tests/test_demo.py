@@ -24,7 +24,7 @@ def demo_data(tmp_path_factory):
 
 def test_synthesized_dataset_has_a_held_out_voice(demo_data):
     train_rows = [json.loads(line) for line in (demo_data / "train.jsonl").read_text().splitlines()]
-    test_rows = [json.loads(line) for line in (demo_data / "test.jsonl").read_text().splitlines()]
+    test_rows = [json.loads(line) for line in (demo_data / "test_unseen_voice.jsonl").read_text().splitlines()]
     assert len(train_rows) == 48 and len(test_rows) == 8
     assert {row["voice"] for row in test_rows}.isdisjoint({row["voice"] for row in train_rows})
     assert {row["text"] for row in test_rows}.isdisjoint({row["text"] for row in train_rows})
@@ -39,12 +39,20 @@ def test_shortened_demo_trains_and_reports_wer(demo_data, backbone_dirs, tmp_pat
     report = train.main([
         str(ROOT / "configs" / "demo.yaml"),
         "--audio_model_id", str(audio_model), "--text_model_id", str(text_model),
-        "--train_files", str(demo_data / "train.jsonl"), "--eval_files", str(demo_data / "test.jsonl"),
+        "--train_files", str(demo_data / "train.jsonl"), "--eval_files", str(demo_data / "test_unseen_voice.jsonl"),
+        "--extra_eval_files", str(demo_data / "test_seen_voice.jsonl"), "--eval_on_start", "true",
         "--output_dir", str(out), "--max_steps", "60", "--logging_steps", "10", "--save_steps", "60",
+        "--llm_loss_start_step", "30", "--generation_max_new_tokens", "12",
     ])  # fmt: skip
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     curve = [entry["loss"] for entry in history if "loss" in entry]
     assert curve[-1] < curve[0]
     assert report["eval_before"]["eval_before_num_samples"] == report["eval"]["eval_num_samples"] == 8
-    assert "SteerMoE results: before training: WER" in capsys.readouterr().out
+    assert report["extra_eval"]["test_seen_voice"]["test_seen_voice_num_samples"] == 8
+    ctc = [entry["ctc_loss"] for entry in history if "ctc_loss" in entry]
+    llm = [entry for entry in history if "llm_loss" in entry]
+    assert len(ctc) == len(curve) and ctc[-1] < ctc[0]  # the recipe's CTC loss trains from the first step
+    assert llm and all(entry["step"] > 30 for entry in llm)  # the LLM's loss only after llm_loss_start_step
+    printed = capsys.readouterr().out
+    assert "SteerMoE results: before training: WER" in printed and "test_seen_voice: WER" in printed
     assert json.loads((out / "results.json").read_text())["eval"]["eval_wer"] == report["eval"]["eval_wer"]
