@@ -177,7 +177,7 @@ def main():
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--adapter", help="a saved adapter; default: a randomised one on whisper-tiny.en + SmolLM2")
     parser.add_argument("--audio_model_id", default=str(SHARED / "models" / "whisper-tiny.en-encoder"))
-    parser.add_argument("--text_model_id", default=str(ROOT / "outputs" / "models" / "SmolLM2-135M-Instruct"))
+    parser.add_argument("--text_model_id", default=str(ROOT / "models" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--reference_python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--server_url", help="measure this running server instead of starting one")
     parser.add_argument("--server_env", nargs="*", default=["VLLM_CPU_KVCACHE_SPACE=2"],

