@@ -220,7 +220,8 @@ def test_bench_runs_on_the_export(exported, tmp_path):
     payload = json.loads(next(tmp_path.glob("onnx_runtime-*.json")).read_text())
     backends = [row["backend"] for row in payload["rows"]]
     assert backends == ["pytorch", "onnx fp32", "onnx int8"]
-    assert all(row["peak_rss_mb"] > 0 and row["decode_tokens_per_s"] > 0 for row in payload["rows"])
+    assert all(row["peak_rss_mb"] > 0 and "decode_tokens_per_s" in row and row["rtf"] > 0 for row in payload["rows"])
+    assert payload["rows"][1]["identical_to_pytorch"] == 1.0  # fp32 ONNX transcribes as PyTorch does
     assert "|" in result.stdout
 
 
