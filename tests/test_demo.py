@@ -46,7 +46,8 @@ def test_shortened_demo_trains_and_reports_wer(demo_data, backbone_dirs, tmp_pat
     ])  # fmt: skip
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     curve = [entry["loss"] for entry in history if "loss" in entry]
-    assert curve[-1] < curve[0]
+    ctc_phase = [entry["loss"] for entry in history if "loss" in entry and entry["step"] <= 30]
+    assert ctc_phase[-1] < ctc_phase[0]  # the total loss jumps when the LLM's loss joins at step 30
     assert report["eval_before"]["eval_before_num_samples"] == report["eval"]["eval_num_samples"] == 8
     assert report["extra_eval"]["test_seen_voice"]["test_seen_voice_num_samples"] == 8
     ctc = [entry["ctc_loss"] for entry in history if "ctc_loss" in entry]
