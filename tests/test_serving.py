@@ -300,3 +300,10 @@ def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path)
     assert all(row["requests_per_s"] > 0 and row["latency_p90_s"] >= row["latency_p50_s"] for row in rows)
     assert all(row["same_texts"] == "3/3" for row in rows[2:])
     assert "| vLLM, concurrency 3 |" in result.stdout
+
+
+def test_model_card_tells_how_to_serve_with_vllm(model):
+    from hub_card.publish import render_model_card
+
+    card = render_model_card(model, "my-org/steermoe-test")
+    assert "python -m serving my-org/steermoe-test --port 8000" in card.text
