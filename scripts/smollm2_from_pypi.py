@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
