@@ -29,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
 def run(command: list[str]) -> str:
     """Run `command`; its last stdout line, or exit with its error output."""
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
     return result.stdout.strip().splitlines()[-1]

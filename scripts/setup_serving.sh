@@ -33,7 +33,7 @@ if ! "$PY" -c "import vllm" 2>/dev/null; then
   rm -f "$EXCLUDES"
 fi
 quiet "$PY" -m pip install --quiet --no-deps -e .
-quiet "$PY" -m pip install --quiet "openai>=1.60" "pytest>=8"
+quiet "$PY" -m pip install --quiet "openai>=1.60" "pytest>=8"  # the serving and dev extras, without the package's dependencies
 # The plugin registers through this entry point in every vLLM process; check it is visible.
 "$PY" - <<'PY'
 from importlib.metadata import entry_points

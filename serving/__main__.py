@@ -3,6 +3,5 @@
 
 from serving.launch import main
 
-
 if __name__ == "__main__":
     main()

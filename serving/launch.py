@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 logger = logging.getLogger("serving")
 
 MIDDLEWARE = "serving.transcription_gate.TranscriptionGate"
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("adapter", help="adapter folder or Hub id (saved by save_pretrained)")
     known, extra = parser.parse_known_args(argv)
 
-    from serving import register
     from vllm.entrypoints.launchers.api_server.entry import main as serve
+
+    from serving import register
 
     register()
     with tempfile.TemporaryDirectory(prefix="steermoe-serving-") as workdir:

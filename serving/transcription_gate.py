@@ -15,10 +15,12 @@ import io
 import math
 import secrets
 import time
+from http import HTTPStatus
 
 import soundfile
 import soxr
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm import envs
@@ -34,7 +36,6 @@ from vllm.entrypoints.speech_to_text.transcription.protocol import (
 from processing_steermoe import _to_mono_float32, load_audio
 from serving.vllm_steermoe import load_processor
 
-
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 FORM_OVERHEAD_BYTES = 1 << 20  # room for the form's other fields and the multipart framing
 GATED_FORMATS = ("json", "text")  # vLLM answers verbose_json / diarized_json itself (unsupported for SteerMoE)
@@ -42,7 +43,7 @@ GATED_FORMATS = ("json", "text")  # vLLM answers verbose_json / diarized_json it
 
 def _error(status: int, message: str, param: str | None = "file") -> JSONResponse:
     """An error in vLLM's OpenAI-style shape."""
-    kind = "BadRequestError" if status == 400 else "RequestEntityTooLarge"
+    kind = "BadRequestError" if status == 400 else HTTPStatus(status).phrase
     body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=status))
     return JSONResponse(body.model_dump(), status_code=status)
 
@@ -50,7 +51,7 @@ def _error(status: int, message: str, param: str | None = "file") -> JSONRespons
 def _empty_transcription(form, model: str, seconds: float) -> Response:
     """The answer for a clip without speech, in the shape vLLM gives a transcription (JSON, or a stream)."""
     if str(form.get("stream", "false")).lower() != "true":
-        usage = TranscriptionUsageAudio(seconds=int(math.ceil(seconds)))
+        usage = TranscriptionUsageAudio(seconds=math.ceil(seconds))
         return JSONResponse(TranscriptionResponse(text="", usage=usage).model_dump())
     choice = TranscriptionResponseStreamChoice(delta=DeltaMessage(content=""), finish_reason="stop")
     chunk = TranscriptionStreamResponse(
@@ -89,59 +90,56 @@ class TranscriptionGate:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != TRANSCRIPTIONS_PATH:
             await self.app(scope, receive, send)
             return
-        limit = int(envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB * (1 << 20))
-        body, complete = await _read_body(receive, limit + FORM_OVERHEAD_BYTES)
+        limit_mb = envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB
+        body, complete = await _read_body(receive, int(limit_mb * (1 << 20)) + FORM_OVERHEAD_BYTES)
         if not complete:
-            response = _error(413, f"The upload is larger than the server's {envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB} MB limit.")
-            await response(scope, receive, send)
-            return
-        response, body, headers = await self._check(scope, body)
+            response = _error(413, f"The upload is larger than the server's {limit_mb} MB limit.")
+        else:
+            try:
+                async with Request(scope, _replay(body, _no_more_messages)).form() as form:
+                    response, body, content_type = await self._handle(scope["app"].state, form, body)
+            except HTTPException as error:  # a body that is not a well-formed form
+                response = _error(error.status_code, str(error.detail), param=None)
         if response is not None:
             await response(scope, receive, send)
             return
-        await self.app({**scope, "headers": headers}, _replay(body, receive), send)
+        if content_type is not None:
+            headers = [(key, value) for key, value in scope["headers"] if key not in (b"content-type", b"content-length")]
+            headers += [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, _replay(body, receive), send)
 
-    async def _check(self, scope, body: bytes):
-        """Returns `(response, body, headers)`: a response to send now, or the (rewritten) request for vLLM."""
-        headers = list(scope["headers"])
-        async with Request(scope, _replay(body, _no_more_messages)).form() as form:
-            return await self._check_form(scope, form, body, headers)
-
-    async def _check_form(self, scope, form, body: bytes, headers: list):
-        upload = form.get("file")
-        state = scope["app"].state
+    async def _handle(self, state, form, body: bytes) -> tuple[Response | None, bytes, str | None]:
+        """`(response, body, content_type)`: a response to send now, or the body for vLLM (with its new content type
+        when it was rewritten)."""
         served = state.openai_serving_models
-        model = form.get("model") or served.model_name()
+        upload, model = form.get("file"), form.get("model") or served.model_name()
         if not isinstance(upload, UploadFile) or not served.is_base_model(model):
-            return None, body, headers  # vLLM gives its own error for a missing file or an unknown model
+            return None, body, None  # vLLM answers a missing file or an unknown model itself
         name = upload.filename or "the uploaded file"
         data = await upload.read()
-        if len(data) > int(envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB * (1 << 20)):
-            return _error(413, f"{name} is larger than the server's {envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB} MB limit."), None, None
-        model_config = state.vllm_config.model_config
-        processor = load_processor(model_config.model, model_config.revision)
+        limit_mb = envs.VLLM_MAX_AUDIO_CLIP_FILESIZE_MB
+        if len(data) > limit_mb * (1 << 20):
+            return _error(413, f"{name} is larger than the server's {limit_mb} MB limit."), body, None
         try:
-            seconds = _duration(data)
-            if seconds is not None and seconds > envs.VLLM_MAX_AUDIO_DECODE_DURATION_S:
-                raise ValueError(f"{seconds:.0f} s of audio, more than the server's limit of {envs.VLLM_MAX_AUDIO_DECODE_DURATION_S} s.")
+            seconds, limit_s = _duration(data), envs.VLLM_MAX_AUDIO_DECODE_DURATION_S
+            if seconds is not None and seconds > limit_s:
+                raise ValueError(f"{seconds:.0f} s of audio, more than the server's limit of {limit_s} s.")
             samples, rate = load_audio(data)
         except ValueError as error:
             reason = str(error).split(": ", 1)[-1] if str(error).startswith("<") else str(error)
-            return _error(400, f"{name}: {reason}"), None, None
-        instruction = form.get("prompt")
-        if not instruction and form.get("response_format", "json") in GATED_FORMATS:
-            if not processor.has_speech(samples, rate):
-                return _empty_transcription(form, model, samples.shape[0] / rate), None, None
+            return _error(400, f"{name}: {reason}"), body, None
+        processor = load_processor(state.vllm_config.model_config.model, state.vllm_config.model_config.revision)
+        gated = not form.get("prompt") and form.get("response_format", "json") in GATED_FORMATS
+        if gated and not processor.has_speech(samples, rate):
+            return _empty_transcription(form, model, samples.shape[0] / rate), body, None
         target_rate = processor.feature_extractor.sampling_rate
         if rate == target_rate and samples.ndim == 1:
-            return None, body, headers  # vLLM decodes it with the same libsndfile into the same samples
+            return None, body, None  # vLLM decodes it with the same libsndfile into the same samples
         clip = _to_mono_float32(samples)
         if rate != target_rate:
             clip = soxr.resample(clip, int(rate), target_rate).astype("float32")
-        body, content_type = _multipart(form, clip, target_rate)
-        headers = [(key, value) for key, value in headers if key not in (b"content-type", b"content-length")]
-        headers += [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-        return None, body, headers
+        return None, *_multipart(form, clip, target_rate)
 
 
 def _duration(data: bytes) -> float | None:

@@ -39,7 +39,6 @@ from modeling_steermoe import ENCODER_LORA_TARGETS, SteerMoEAligner, SteerMoEFor
 from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
 
 
-
 @functools.lru_cache(maxsize=8)
 def load_processor(model: str, revision: str | None = None) -> SteerMoEProcessor:
     """The adapter's `SteerMoEProcessor` (feature extractor, tokenizer with the audio token, chat template), once
@@ -312,7 +311,7 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
         cls, audio_duration_s: float, stt_config: SpeechToTextConfig, model_config: ModelConfig
     ) -> int | None:
         processor = _model_processor(model_config)
-        return count_audio_tokens(processor, int(round(audio_duration_s * processor.feature_extractor.sampling_rate)))
+        return count_audio_tokens(processor, round(audio_duration_s * processor.feature_extractor.sampling_rate))
 
     @classmethod
     def post_process_output(cls, text: str) -> str:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from configuration_steermoe import SteerMoEConfig  # noqa: E402
-from modeling_steermoe import SteerMoEForConditionalGeneration  # noqa: E402
-from processing_steermoe import SteerMoEProcessor  # noqa: E402
+from configuration_steermoe import SteerMoEConfig
+from modeling_steermoe import SteerMoEForConditionalGeneration
+from processing_steermoe import SteerMoEProcessor
 
 
 def randomise_aligner(model: SteerMoEForConditionalGeneration, seed: int = 0) -> None:

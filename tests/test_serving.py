@@ -5,15 +5,24 @@ environment (`.venv-serving`, built by scripts/setup_serving.sh); skipped elsewh
 
 import concurrent.futures
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 import soundfile
-from conftest import speechlike
-from serving_support import REQUEST_TIMEOUT_S, build_and_answer, input_audio, require_vllm, vllm_server, wav_bytes
-
+from conftest import ROOT, SHARED, speechlike
+from serving_support import (
+    REQUEST_TIMEOUT_S,
+    build_and_answer,
+    input_audio,
+    reference_python,
+    require_vllm,
+    vllm_server,
+    wav_bytes,
+)
 
 MAX_TOKENS = 12
 SIZE_LIMIT_MB = 2  # the server's upload limit here (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB), so oversize files stay small
@@ -187,7 +196,7 @@ def test_64_concurrent_mixed_requests_all_complete_with_the_same_texts(client, m
             jobs.append((lambda n=name: transcribe(client, model_name, clips[n]), transcription_request(clips[name])))
     with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
         futures = [pool.submit(job) for job, _ in jobs]
-        done, not_done = concurrent.futures.wait(futures, timeout=600)
+        _, not_done = concurrent.futures.wait(futures, timeout=600)
     assert not not_done, f"{len(not_done)} of 64 requests did not finish in 600 s"
     answers = [future.result() for future in futures]
     assert answers == [expected(reference, request) for _, request in jobs]
@@ -279,19 +288,13 @@ def test_launcher_adds_steermoe_defaults_and_keeps_user_arguments(openai, adapte
 
 
 def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT, SHARED
-    from serving_support import reference_python
-
     if not (SHARED / "audio").is_dir():
         pytest.skip(f"{SHARED / 'audio'} is absent: the benchmark cuts its clips from those recordings")
     output = tmp_path / "result.json"
     command = [sys.executable, str(ROOT / "bench" / "serving_throughput.py"), "--adapter", adapter, "--server_url",
                str(client.base_url), "--reference_python", reference_python(), "--clips", "3", "--concurrency", "1", "3",
                "--batch_sizes", "1", "2", "--max_new_tokens", "2", "--output", str(output)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
     assert [row["system"] for row in rows] == [
@@ -300,3 +303,10 @@ def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path)
     assert all(row["requests_per_s"] > 0 and row["latency_p90_s"] >= row["latency_p50_s"] for row in rows)
     assert all(row["same_texts"] == "3/3" for row in rows[2:])
     assert "| vLLM, concurrency 3 |" in result.stdout
+
+
+def test_model_card_tells_how_to_serve_with_vllm(model):
+    from hub_card.publish import render_model_card
+
+    card = render_model_card(model, "my-org/steermoe-test")
+    assert "python -m serving my-org/steermoe-test --port 8000" in card.text

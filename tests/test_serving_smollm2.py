@@ -87,6 +87,6 @@ def test_concurrent_answers_equal_transformers(client, adapter_and_reference):
     jobs = [index % len(reference) for index in range(12)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = [pool.submit(answer, client, requests()[index]) for index in jobs]
-        done, not_done = concurrent.futures.wait(futures, timeout=600)
+        _, not_done = concurrent.futures.wait(futures, timeout=600)
     assert not not_done, f"{len(not_done)} requests did not finish in 600 s"
     assert [future.result() for future in futures] == [reference[index] for index in jobs]
