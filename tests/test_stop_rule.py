@@ -59,5 +59,6 @@ def test_generation_runs_past_periods_and_stops_at_eos(make_model, processor):
         )
     finally:
         hook.remove()
-    assert output[0].tolist() == sentence + [tokenizer.eos_token_id]
-    assert processor.batch_decode(output, skip_special_tokens=True) == ["the fox. the dog"]
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    assert new_tokens[0].tolist() == sentence + [tokenizer.eos_token_id]
+    assert processor.batch_decode(new_tokens, skip_special_tokens=True) == ["the fox. the dog"]
