@@ -11,9 +11,9 @@ from transformers import Pipeline
 
 
 try:
-    from .processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, decode_audio_input
+    from .processing_steermoe import decode_audio_input
 except ImportError:
-    from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, decode_audio_input
+    from processing_steermoe import decode_audio_input
 
 
 class SteerMoEASRPipeline(Pipeline):
@@ -71,7 +71,7 @@ class SteerMoEASRPipeline(Pipeline):
     def preprocess(self, inputs, prompt: str | None = None, speech_threshold_db="default"):
         audio, sampling_rate = self._decode(inputs)
         speech = prompt is not None or self.processor.has_speech(audio, sampling_rate, speech_threshold_db)
-        prompt = self.processor.build_prompt(DEFAULT_TRANSCRIPTION_PROMPT if prompt is None else prompt)
+        prompt = self.processor.build_prompt(self.processor.transcription_instruction() if prompt is None else prompt)
         return {"audio": audio, "sampling_rate": sampling_rate, "prompt": prompt, "speech": speech}
 
     def _decode(self, inputs) -> tuple[np.ndarray, int]:

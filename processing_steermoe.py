@@ -206,6 +206,9 @@ class SteerMoEProcessor(ProcessorMixin):
             training condition, every frame passed on) instead of encoding only its real length.
         speech_threshold_db (`float`, *optional*, defaults to -50.0): The no-speech gate's level (see `has_speech`)
             used by the transcription paths; `None` turns the gate off.
+        transcription_prompt (`str`, *optional*, defaults to `"Transcribe the audio."`): The instruction the
+            transcription paths (pipeline, CLI, `apply_transcription_request`, serving) put after the audio when
+            none is given; `train.py` saves the one the adapter was trained with.
         chat_template (`str`, *optional*): Defaults to the tokenizer's.
     """
 
@@ -221,6 +224,7 @@ class SteerMoEProcessor(ProcessorMixin):
         conv_layers=None,
         pad_to_full_window=False,
         speech_threshold_db=DEFAULT_SPEECH_THRESHOLD_DB,
+        transcription_prompt=DEFAULT_TRANSCRIPTION_PROMPT,
         chat_template=None,
     ):
         self.audio_token_id = add_audio_token(tokenizer, audio_token)
@@ -232,6 +236,7 @@ class SteerMoEProcessor(ProcessorMixin):
         self.conv_layers = [list(layer) for layer in (conv_layers or WHISPER_CONV_LAYERS)]
         self.pad_to_full_window = pad_to_full_window
         self.speech_threshold_db = speech_threshold_db
+        self.transcription_prompt = transcription_prompt
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -255,6 +260,13 @@ class SteerMoEProcessor(ProcessorMixin):
         given (`None` turns it off)."""
         threshold_db = self.speech_threshold_db if threshold_db == "default" else threshold_db
         return has_speech(audio, sampling_rate, threshold_db)
+
+    def transcription_instruction(self, language: str | None = None) -> str:
+        """The instruction of a transcription request: the saved `transcription_prompt`; the stock prompt names
+        `language` when one is given ("Transcribe the Chinese audio.")."""
+        if language is not None and self.transcription_prompt == DEFAULT_TRANSCRIPTION_PROMPT:
+            return f"Transcribe the {LANGUAGE_NAMES.get(language, language)} audio."
+        return self.transcription_prompt
 
     @property
     def model_input_names(self) -> list[str]:
@@ -449,8 +461,8 @@ class SteerMoEProcessor(ProcessorMixin):
 
         Args:
             audio: one clip or a list: file paths, file bytes, or arrays at `sampling_rate`.
-            prompt (`str`, *optional*): the instruction; defaults to "Transcribe the audio." (naming `language`).
-            language (`str`, *optional*): the spoken language, e.g. "en" or "zh", named in the default prompt.
+            prompt (`str`, *optional*): the instruction; defaults to the saved `transcription_prompt`.
+            language (`str`, *optional*): the spoken language, e.g. "en" or "zh", named in the stock prompt.
             sampling_rate (`int`, *optional*): rate of array inputs.
         Decode the answer with `processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)`.
         """
@@ -458,9 +470,7 @@ class SteerMoEProcessor(ProcessorMixin):
         rate = self.feature_extractor.sampling_rate
         decoded = [decode_audio_input(clip, sampling_rate, rate) for clip in clips]
         if prompt is None:
-            prompt = DEFAULT_TRANSCRIPTION_PROMPT
-            if language is not None:
-                prompt = f"Transcribe the {LANGUAGE_NAMES.get(language, language)} audio."
+            prompt = self.transcription_instruction(language)
         return self(
             text=[self.build_prompt(prompt)] * len(decoded),
             audio=[samples for samples, _ in decoded],

@@ -792,6 +792,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args)
+    if data_args.task == "asr":
+        processor.transcription_prompt = data_args.prompt  # the pipeline, CLI and server ask as training did
     if training_args.llm_dtype:
         model.language_model.to(getattr(torch, training_args.llm_dtype))
     if training_args.generation_stop_strings:

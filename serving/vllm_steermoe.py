@@ -36,7 +36,7 @@ from vllm.multimodal.processing import (
 
 from configuration_steermoe import get_num_audio_tokens
 from modeling_steermoe import ENCODER_LORA_TARGETS, SteerMoEAligner, SteerMoEForConditionalGeneration, _add_lora
-from processing_steermoe import DEFAULT_TRANSCRIPTION_PROMPT, LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
+from processing_steermoe import LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
 
 
 @functools.lru_cache(maxsize=8)
@@ -297,10 +297,7 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
         processor = _model_processor(stt_params.model_config)
         instruction = stt_params.request_prompt
         if not instruction:
-            instruction = DEFAULT_TRANSCRIPTION_PROMPT
-            if stt_params.language is not None:
-                language = LANGUAGE_NAMES.get(stt_params.language, stt_params.language)
-                instruction = f"Transcribe the {language} audio."
+            instruction = processor.transcription_instruction(stt_params.language)
         # Tokenised as the processor tokenises it; vLLM then expands the one audio token per clip.
         prompt_ids = processor.tokenizer(processor.build_prompt(instruction))["input_ids"]
         rate = int(stt_params.stt_config.sample_rate)

@@ -244,3 +244,22 @@ def test_auto_processor_round_trip_keeps_the_gate_setting(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert loaded.speech_threshold_db == -35.0 and loaded.audio_token_id == processor.audio_token_id
+
+
+def test_the_saved_transcription_prompt_is_what_transcription_asks(fresh_pair, tmp_path):
+    model, processor = fresh_pair
+    processor.transcription_prompt = "Repeat the text above exactly."
+    model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "adapter", trust_remote_code=True)
+    assert reloaded.transcription_prompt == "Repeat the text above exactly."
+    request = reloaded.apply_transcription_request(speechlike(1.2))
+    asked = reloaded(text=reloaded.build_prompt("Repeat the text above exactly."), audio=speechlike(1.2), sampling_rate=16000)
+    assert torch.equal(request["input_ids"], asked["input_ids"])
+    expected = reloaded.batch_decode(model.generate(**asked, **GENERATE)[:, asked["input_ids"].shape[1] :], skip_special_tokens=True)
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "adapter"), trust_remote_code=True)
+    assert asr(speechlike(1.2), generate_kwargs=GENERATE)["text"] == expected[0].strip()
+    stock = SteerMoEProcessor.from_config(model.config)
+    assert stock.transcription_instruction() == "Transcribe the audio."
+    assert stock.transcription_instruction("zh") == "Transcribe the Chinese audio."
+    assert reloaded.transcription_instruction("zh") == "Repeat the text above exactly."
