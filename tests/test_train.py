@@ -272,3 +272,26 @@ def test_data_sources_give_the_same_batches(source, manifest, processor):
     assert batch.keys() == reference.keys()
     for key in reference:
         assert torch.equal(batch[key], reference[key]), key
+
+
+def test_cached_prompt_prefix_gives_the_same_losses(backbone_dirs, manifest, tmp_path, monkeypatch):
+    built = []
+
+    class CountingCache(train.DynamicCache):
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train, "DynamicCache", CountingCache)
+    runs = {}
+    for cached in ("false", "true"):
+        out = tmp_path / cached
+        train.main(run_args(
+            backbone_dirs, manifest, out, "--do_train", "--max_steps", "3", "--save_strategy", "no",
+            "--target_logits_only", "true", "--cache_prompt_prefix", cached,
+        ))  # fmt: skip
+        runs[cached] = losses(out)
+        assert len(built) == (3 if cached == "true" else 0)
+    assert runs["true"].keys() == runs["false"].keys() == {1, 2, 3}
+    for step, loss in runs["false"].items():
+        assert abs(runs["true"][step] - loss) < 1e-4 * max(1.0, abs(loss)), (step, runs)
