@@ -2,7 +2,9 @@
 the same run on the same machine: requests/s, audio seconds/s, time to first token and p50/p90 latency, as ratios.
 
 Run it from the serving environment; the pipeline side runs in the project's environment (`--reference_python`,
-`.venv` by default), one side at a time so they never share the CPU:
+`.venv` by default), one side at a time so they never share the CPU. On a shared machine the load drifts over
+minutes, so every configuration runs `--rounds` times, the two sides interleaved, and the median round is reported
+with the range of requests/s:
 
     .venv-serving/bin/python bench/serving_throughput.py --clips 32 --concurrency 1 8 32 --batch_sizes 1 4 8 16
 
@@ -102,21 +104,19 @@ def transformers_worker(args) -> None:
     clips = json.loads(Path(args.clips_file).read_text())
     asr = pipeline("automatic-speech-recognition", model=args.adapter, trust_remote_code=True, dtype=torch.float32)
     paths = [clip["path"] for clip in clips]
-    results = []
-    for batch_size in args.batch_sizes:
-        asr(paths[:batch_size], batch_size=batch_size, max_new_tokens=args.max_new_tokens)  # warm-up
-        clock = FirstTokenClock()
-        start = time.perf_counter()
-        latencies, texts = [], []
-        outputs = asr((path for path in paths), batch_size=batch_size, generate_kwargs={"streamer": clock, "max_new_tokens": args.max_new_tokens})
-        for output in outputs:
-            latencies.append(time.perf_counter() - start)
-            texts.append(output["text"])
-        wall = time.perf_counter() - start
-        first_tokens = [clock.times[index // batch_size] - start for index in range(len(paths))]
-        row = summarise(f"transformers pipeline, batch {batch_size}", clips, wall, latencies, first_tokens)
-        results.append({**row, "texts": texts})
-    print(json.dumps({"threads": torch.get_num_threads(), "results": results}))
+    batch_size = args.batch_sizes[0]
+    asr(paths[:batch_size], batch_size=batch_size, max_new_tokens=args.max_new_tokens)  # warm-up
+    clock = FirstTokenClock()
+    start = time.perf_counter()
+    latencies, texts = [], []
+    generate_kwargs = {"streamer": clock, "max_new_tokens": args.max_new_tokens}
+    for output in asr((path for path in paths), batch_size=batch_size, generate_kwargs=generate_kwargs):
+        latencies.append(time.perf_counter() - start)
+        texts.append(output["text"])
+    wall = time.perf_counter() - start
+    first_tokens = [clock.times[index // batch_size] - start for index in range(len(paths))]
+    row = summarise(f"transformers pipeline, batch {batch_size}", clips, wall, latencies, first_tokens)
+    print(json.dumps({**row, "threads": torch.get_num_threads(), "texts": texts}))
 
 
 def vllm_run(client, model: str, clips: list[dict], concurrency: int, max_new_tokens: int) -> tuple[dict, list[str]]:
@@ -174,6 +174,7 @@ def main():
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="each configuration this many times, interleaved; the median is reported")
     parser.add_argument("--adapter", help="a saved adapter; default: a randomised one on whisper-tiny.en + SmolLM2")
     parser.add_argument("--audio_model_id", default=str(SHARED / "models" / "whisper-tiny.en-encoder"))
     parser.add_argument("--text_model_id", default=str(ROOT / "models" / "SmolLM2-135M-Instruct"))
@@ -204,35 +205,45 @@ def main():
             build = [args.reference_python, str(ROOT / "tests" / "serving_reference.py"), str(folder / "model"),
                      str(folder / "none.json"), "--audio_model_id", args.audio_model_id, "--text_model_id", args.text_model_id]  # fmt: skip
             adapter = run(build)
-        worker = [args.reference_python, __file__, "--transformers_worker", "--adapter", adapter, "--clips_file",
-                  str(clips_file), "--max_new_tokens", str(args.max_new_tokens), "--batch_sizes", *map(str, args.batch_sizes)]  # fmt: skip
-        print(f"transformers pipeline on {len(clips)} clips ({sum(c['seconds'] for c in clips):.0f} s of audio) ...", flush=True)
-        reference = json.loads(run(worker))
-
-        process = None
-        url = args.server_url
-        if url is None:
-            print("starting the vLLM server ...", flush=True)
-            process, url = start_server(args, adapter, folder / "server.log")
-        try:
+        process, url = (None, args.server_url) if args.server_url else start_server(args, adapter, folder / "server.log")
+        try:  # the idle server takes ~1% of a core while the pipeline runs
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=1800)
             model = client.models.list().data[0].id
             vllm_run(client, model, clips[:2], 2, args.max_new_tokens)  # warm-up
-            runs = [vllm_run(client, model, clips, concurrency, args.max_new_tokens) for concurrency in args.concurrency]
+            measured = {}  # system -> [(row, texts)] over rounds, the two sides interleaved
+            for round_index in range(args.rounds):
+                print(f"round {round_index + 1}/{args.rounds} ({len(clips)} clips, {sum(c['seconds'] for c in clips):.0f} s of audio)", flush=True)
+                for batch_size in args.batch_sizes:
+                    worker = [args.reference_python, __file__, "--transformers_worker", "--adapter", adapter, "--clips_file",
+                              str(clips_file), "--max_new_tokens", str(args.max_new_tokens), "--batch_sizes", str(batch_size)]  # fmt: skip
+                    row = json.loads(run(worker))
+                    measured.setdefault(row["system"], []).append((row, row.pop("texts")))
+                for concurrency in args.concurrency:
+                    row, texts = vllm_run(client, model, clips, concurrency, args.max_new_tokens)
+                    measured.setdefault(row["system"], []).append((row, texts))
         finally:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=120)
 
-    best = max(reference["results"], key=lambda row: row["requests_per_s"])
-    rows = [{key: value for key, value in row.items() if key != "texts"} for row in reference["results"]]
-    for row, texts in runs:
-        row["same_texts"] = f"{sum(a == b for a, b in zip(texts, best['texts']))}/{len(texts)}"
+    rows = []
+    for system, runs in measured.items():  # the median round of each system, by requests/s, with the range
+        ordered = sorted(runs, key=lambda run: run[0]["requests_per_s"])
+        row, texts = ordered[(len(ordered) - 1) // 2]
+        rows.append({**row, "requests_per_s_range": f"{ordered[0][0]['requests_per_s']:.3g}-{ordered[-1][0]['requests_per_s']:.3g}", "texts": texts})
+    pipeline_rows = [row for row in rows if row["system"].startswith("transformers")]
+    best = max(pipeline_rows, key=lambda row: row["requests_per_s"])
+    for row in rows:
+        if row in pipeline_rows:
+            continue
+        row["same_texts"] = f"{sum(a == b for a, b in zip(row['texts'], best['texts']))}/{len(row['texts'])}"
         row["requests_per_s_ratio"] = row["requests_per_s"] / best["requests_per_s"]
         row["audio_s_per_s_ratio"] = row["audio_s_per_s"] / best["audio_s_per_s"]
         for key in ("ttft_p50_s", "latency_p50_s", "latency_p90_s"):  # > 1: vLLM is faster
             row[f"{key.removesuffix('_s')}_speedup"] = best[key] / row[key]
-        rows.append(row)
+    threads = {row.pop("threads", None) for row in rows} - {None}
+    for row in rows:
+        row.pop("texts")
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -245,7 +256,7 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key not in ("transformers_worker", "clips_file")}
     output.write_text(json.dumps({"benchmark": "serving_throughput", "settings": settings, "audio_seconds": audio,
-                                  "transformers_threads": reference["threads"], "rows": rows}, indent=2))  # fmt: skip
+                                  "transformers_threads": sorted(threads), "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

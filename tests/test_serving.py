@@ -293,7 +293,7 @@ def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path)
     output = tmp_path / "result.json"
     command = [sys.executable, str(ROOT / "bench" / "serving_throughput.py"), "--adapter", adapter, "--server_url",
                str(client.base_url), "--reference_python", reference_python(), "--clips", "3", "--concurrency", "1", "3",
-               "--batch_sizes", "1", "2", "--max_new_tokens", "2", "--output", str(output)]  # fmt: skip
+               "--batch_sizes", "1", "2", "--max_new_tokens", "2", "--rounds", "1", "--output", str(output)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
