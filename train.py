@@ -597,6 +597,8 @@ class SteerMoETrainer(Trainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self.steering_diagnostics())
+            if start_time is not None:  # wall-clock of this session's training so far, for WER-vs-minutes curves
+                logs["train_minutes"] = round((time.time() - start_time) / 60, 3)
         super().log(logs, start_time)
 
     def steering_diagnostics(self) -> dict:

@@ -291,6 +291,9 @@ def test_cached_prompt_prefix_gives_the_same_losses(backbone_dirs, manifest, tmp
             "--target_logits_only", "true", "--cache_prompt_prefix", cached,
         ))  # fmt: skip
         runs[cached] = losses(out)
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        minutes = [entry["train_minutes"] for entry in history if "loss" in entry]
+        assert len(minutes) == 3 and minutes == sorted(minutes) and minutes[0] >= 0
         assert len(built) == (3 if cached == "true" else 0)
     assert runs["true"].keys() == runs["false"].keys() == {1, 2, 3}
     for step, loss in runs["false"].items():
