@@ -62,7 +62,8 @@ RECORDED_TRAINING_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
     "steering_learning_rate", "learning_rate", "projector_learning_rate", "lr_scheduler_type", "warmup_steps",
     "router_balance_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "frame_norm_loss_coef", "llm_loss_start_step",
-    "target_logits_only", "llm_dtype", "bf16", "seed",
+    "target_logits_only", "cache_prompt_prefix", "ce_loss_coef", "kl_loss_coef", "kl_temperature", "llm_dtype",
+    "bf16", "seed",
 )  # fmt: skip
 
 
@@ -115,7 +116,21 @@ class DataArguments:
     audio_column: str = field(default="audio", metadata={"help": "Audio (a datasets Audio column or file paths)."})
     text_column: str = field(default="text", metadata={"help": "Target text (transcript, or answer for qa)."})
     question_column: str | None = field(default=None, metadata={"help": "Question column for task=qa."})
-    task: str = field(default="asr", metadata={"help": "asr (transcribe with --prompt) or qa (answer the question)."})
+    transcript_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "The audio's transcript when the target is something else (task chat: the typed question whose "
+            "answer is the target). The KL teacher reads it where the audio goes and the CTC loss aligns the frames "
+            "to it. Default: --text_column."
+        },
+    )
+    task: str = field(
+        default="asr",
+        metadata={
+            "help": "asr (transcribe with --prompt), qa (answer the question column) or chat (the audio is the whole "
+            "user turn of the chat template, as the CLI's --task chat and pipeline('any-to-any') ask)."
+        },
+    )
     prompt: str = field(default="Transcribe the audio.")
     language: str = field(default="en", metadata={"help": "Normalisation for WER/CER: en, zh or other."})
     use_chat_template: bool = field(default=True)
@@ -178,6 +193,20 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
             "example, e.g. the chat template's system turn) and reuse its key/value cache in every training step: "
             "same loss, fewer positions in each forward and backward."
         },
+    )
+    ce_loss_coef: float = field(
+        default=1.0, metadata={"help": "Weight of the LLM's cross-entropy on the target tokens (llm_loss)."}
+    )
+    kl_loss_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of KL(teacher || student) over the next-token distributions at the target positions "
+            "(kl_loss), the teacher being the same frozen LLM given the transcript's own tokens where the audio goes "
+            "(same prompt and target; Ultravox's distillation). KL alone: --ce_loss_coef 0 --kl_loss_coef 1."
+        },
+    )
+    kl_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of both distributions in the KL loss (not rescaled)."}
     )
     llm_dtype: str | None = field(
         default=None, metadata={"help": "Cast the frozen LLM to this dtype after loading (e.g. bfloat16 on AMX CPUs)."}
@@ -346,22 +375,34 @@ class SteerMoEDataCollator:
     """Decodes audio, builds prompts and runs the processor per batch (dynamic padding, features on the fly).
 
     With `with_targets`, prompts are followed by the target and `labels` mark it; otherwise the batch is
-    prompt-only and carries the `references`. Examples that fail to decode are dropped and counted in `skipped`.
+    prompt-only and carries the `references`. With `teacher_inputs` the batch also holds the KL teacher's inputs
+    `teacher_input_ids`, `teacher_attention_mask` and `teacher_labels` `(batch, teacher_seq)`: the same prompt and
+    target with the transcript's tokens where the audio goes (`oracle_inputs`). With `transcript_labels` it holds the
+    transcripts' token ids `(batch, longest transcript)`, -100 padded, as `transcript_labels` (the CTC targets when
+    the target is not the transcript). Examples that fail to decode are dropped and counted in `skipped`.
     """
 
     processor: SteerMoEProcessor
     data_args: DataArguments
     base_dir: str | None = None
     with_targets: bool = True
+    teacher_inputs: bool = False
+    transcript_labels: bool = False
     skipped: Counter = field(default_factory=Counter)
 
     def prompt_for(self, example) -> str:
         args = self.data_args
+        if args.task == "chat":
+            conversation = [{"role": "user", "content": [{"type": "audio"}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         instruction = example[args.question_column] if args.task == "qa" else args.prompt
         return self.processor.build_prompt(instruction, use_chat_template=args.use_chat_template)
 
+    def transcript_for(self, example) -> str:
+        return example[self.data_args.transcript_column or self.data_args.text_column]
+
     def __call__(self, examples):
-        clips, rates, prompts, targets = [], [], [], []
+        clips, rates, prompts, targets, transcripts = [], [], [], [], []
         for example in examples:
             try:
                 samples, rate = read_audio(example[self.data_args.audio_column], self.base_dir)
@@ -372,6 +413,8 @@ class SteerMoEDataCollator:
             rates.append(rate)
             prompts.append(self.prompt_for(example))
             targets.append(example[self.data_args.text_column])
+            if self.teacher_inputs or self.transcript_labels:
+                transcripts.append(self.transcript_for(example))
         if not clips:
             raise RuntimeError("Every example of a batch failed to decode; check the dataset's audio column.")
         batch = self.processor(
@@ -379,6 +422,13 @@ class SteerMoEDataCollator:
         )
         if not self.with_targets:
             batch["references"] = targets
+        if self.teacher_inputs:
+            teacher = oracle_inputs(self.processor, prompts, transcripts, targets)
+            batch.update({f"teacher_{key}": value for key, value in teacher.items()})
+        if self.transcript_labels:
+            ids = self.processor.tokenizer(transcripts, add_special_tokens=False)["input_ids"]
+            longest = max(len(row) for row in ids)
+            batch["transcript_labels"] = torch.tensor([row + [-100] * (longest - len(row)) for row in ids])
         return batch
 
 
@@ -483,8 +533,9 @@ class SteerMoETrainer(Trainer):
         args = self.args
         wanted = (
             args.ctc_loss_coef > 0 or args.target_logits_only or args.llm_loss_start_step > 0
-            or args.frame_norm_loss_coef > 0 or args.cache_prompt_prefix
-        )
+            or args.frame_norm_loss_coef > 0 or args.cache_prompt_prefix or args.kl_loss_coef > 0
+            or args.ce_loss_coef != 1.0
+        )  # fmt: skip
         return wanted and not self.accelerator.unwrap_model(model)._llm_lora_layers
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -507,9 +558,10 @@ class SteerMoETrainer(Trainer):
 
     def _split_loss(self, model, inputs):
         """The recipe's loss computed piece by piece: the audio frames are merged into the prompt embeddings once,
-        then the LLM's cross-entropy on the targets (logits at target positions only with `--target_logits_only`;
-        skipped before `--llm_loss_start_step`) plus `--ctc_loss_coef` times a CTC loss of the projected frames
-        over the LLM's vocabulary. Single-process recipe option (the DDP wrapper's forward is bypassed)."""
+        then `--ce_loss_coef` times the LLM's cross-entropy on the targets (logits at target positions only with
+        `--target_logits_only`) plus `--kl_loss_coef` times KL(teacher || student) at those positions (both skipped
+        before `--llm_loss_start_step`), plus `--ctc_loss_coef` times a CTC loss of the projected frames over the
+        LLM's vocabulary. Single-process recipe option (the DDP wrapper's forward is bypassed)."""
         core = self.accelerator.unwrap_model(model)
         args = self.args
         input_ids, labels = inputs["input_ids"], inputs["labels"]
@@ -518,13 +570,21 @@ class SteerMoETrainer(Trainer):
         )
         loss = inputs_embeds.new_zeros((), dtype=torch.float32)
         if self.state.global_step >= args.llm_loss_start_step or args.ctc_loss_coef <= 0:
-            llm_loss = self._llm_target_loss(core, input_ids, inputs_embeds, inputs["attention_mask"], labels)
+            prefix = self._prompt_prefix_cache(core, input_ids, inputs_embeds)
+            logits, targets = self._llm_target_logits(core, inputs_embeds, inputs["attention_mask"], labels, prefix)
+            llm_loss = torch.nn.functional.cross_entropy(logits.float(), targets)
             self._loss_parts.setdefault("llm_loss", []).append(llm_loss.detach())
-            loss = loss + llm_loss
+            loss = loss + args.ce_loss_coef * llm_loss
+            if args.kl_loss_coef > 0:
+                teacher_logits = self._teacher_target_logits(core, inputs, input_ids, inputs_embeds)
+                kl = distillation_kl_loss(logits, teacher_logits, args.kl_temperature)
+                self._loss_parts.setdefault("kl_loss", []).append(kl.detach())
+                loss = loss + args.kl_loss_coef * kl
         if args.ctc_loss_coef > 0:
             placeholder_mask = core.get_placeholder_mask(input_ids)
             ctc = ctc_loss_over_vocabulary(
-                inputs_embeds, placeholder_mask, labels, self._ctc_embedding_matrix(core), self._ctc_blank_id(core),
+                inputs_embeds, placeholder_mask, inputs.get("transcript_labels", labels),
+                self._ctc_embedding_matrix(core), self._ctc_blank_id(core),
                 self.processing_class.tokenizer.eos_token_id, args.ctc_logit_scale,
             )
             self._loss_parts.setdefault("ctc_loss", []).append(ctc.detach())
@@ -537,21 +597,39 @@ class SteerMoETrainer(Trainer):
             loss = loss + args.frame_norm_loss_coef * norm_loss
         return loss, router_logits
 
-    def _llm_target_loss(self, core, input_ids, inputs_embeds, attention_mask, labels):
-        """The LLM's mean cross-entropy on the target tokens, `(batch, sequence)` inputs. With
-        `--cache_prompt_prefix` the shared text before the first audio token comes from a cached key/value prefix;
-        with `--target_logits_only` the output layer runs on the target positions only."""
+    def _llm_target_logits(self, core, inputs_embeds, attention_mask, labels, prefix=(None, 0)):
+        """The LLM's next-token logits `(targets, vocab)` at the positions that predict a labelled token, and those
+        tokens `(targets,)`, for `(batch, sequence)` inputs. `prefix` is `(key/value cache, length)` of the shared
+        prompt text (`_prompt_prefix_cache`): the LLM then runs on the rest only. With `--target_logits_only` the
+        output layer runs on the target positions only."""
         llm = core.language_model
-        past, start = self._prompt_prefix_cache(core, input_ids, inputs_embeds)
-        if past is None and not self.args.target_logits_only:
-            return llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels).loss
-        hidden = llm.base_model(
-            inputs_embeds=inputs_embeds[:, start:], attention_mask=attention_mask, past_key_values=past, use_cache=past is not None
-        ).last_hidden_state
+        past, start = prefix
         shift_labels = labels[:, start + 1 :]
         positions = shift_labels != -100
-        logits = llm.get_output_embeddings()(hidden[:, :-1][positions]).float()
-        return torch.nn.functional.cross_entropy(logits, shift_labels[positions])
+        if past is None and not self.args.target_logits_only:
+            logits = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits[:, :-1][positions]
+        else:
+            hidden = llm.base_model(
+                inputs_embeds=inputs_embeds[:, start:], attention_mask=attention_mask, past_key_values=past,
+                use_cache=past is not None,
+            ).last_hidden_state  # fmt: skip
+            logits = llm.get_output_embeddings()(hidden[:, :-1][positions])
+        return logits, shift_labels[positions]
+
+    def _teacher_target_logits(self, core, inputs, input_ids, inputs_embeds):
+        """The KL teacher's logits `(targets, vocab)`, without gradients: the frozen LLM on the batch's
+        `teacher_input_ids` (the transcript's tokens where the audio goes, same prompt and target), at its target
+        positions. The student's cached prompt prefix is reused when the teacher's rows begin with it."""
+        teacher_ids, teacher_labels = inputs["teacher_input_ids"], inputs["teacher_labels"]
+        with torch.no_grad():
+            past, start = self._prompt_prefix_cache(core, input_ids, inputs_embeds)
+            if past is not None and not torch.equal(teacher_ids[:, :start], input_ids[:, :start]):
+                past, start = None, 0
+            teacher_embeds = core.get_input_embeddings()(teacher_ids)
+            logits, _ = self._llm_target_logits(
+                core, teacher_embeds, inputs["teacher_attention_mask"], teacher_labels, (past, start)
+            )
+        return logits
 
     def _prompt_prefix_cache(self, core, input_ids, inputs_embeds):
         """`(DynamicCache, prefix length)` for the batch's shared prompt prefix (the tokens before the first audio
@@ -700,8 +778,8 @@ class SteerMoETrainer(Trainer):
 
 
     def evaluate_oracle(self, dataset, collator, metric_key_prefix="oracle"):
-        """WER/CER of the frozen LLM given the transcript's own tokens where the audio goes (`oracle_inputs`), with
-        the same prompt, greedy decoding and stop rule as `evaluate`."""
+        """WER/CER against the targets of the frozen LLM given the transcript's own tokens where the audio goes
+        (`oracle_inputs`), with the same prompt, greedy decoding and stop rule as `evaluate`."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
@@ -711,7 +789,8 @@ class SteerMoETrainer(Trainer):
         for first in tqdm(range(0, len(dataset), batch_size), desc="Oracle", disable=not self.is_local_process_zero()):
             examples = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
             targets = [example[collator.data_args.text_column] for example in examples]
-            inputs = oracle_inputs(self.processing_class, [collator.prompt_for(e) for e in examples], targets)
+            transcripts = [collator.transcript_for(example) for example in examples]
+            inputs = oracle_inputs(self.processing_class, [collator.prompt_for(e) for e in examples], transcripts)
             inputs = {key: value.to(model.device) for key, value in inputs.items()}
             output = model.generate(
                 **inputs,
@@ -780,22 +859,44 @@ def ctc_loss_over_vocabulary(
     )
 
 
-def oracle_inputs(processor, prompts: list[str], targets: list[str]) -> dict:
-    """Text-only generation inputs for the ORACLE: each prompt with its audio token replaced by the target's own
-    tokens (the transcript's token embeddings where the audio frames would go), left-padded."""
+def distillation_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """KL(teacher || student) between the next-token distributions `softmax(logits / temperature)`, summed over
+    the vocabulary and averaged over positions (not rescaled by the temperature). Logits: `(positions, vocab)`."""
+    student = (student_logits.float() / temperature).log_softmax(-1)
+    teacher = (teacher_logits.float() / temperature).log_softmax(-1)
+    return torch.nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+
+
+def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets: list[str] | None = None) -> dict:
+    """Text-only inputs for the ORACLE: each prompt with its audio token replaced by the transcript's own tokens
+    (the transcript's token embeddings where the audio frames would go).
+
+    Without `targets`: generation inputs `input_ids`, `attention_mask` `(batch, seq)`, left-padded. With `targets`:
+    the KL teacher's training inputs, each target and the EOS token appended as the processor's `text_target` does,
+    right-padded, plus `labels` (-100 off the targets)."""
     tokenizer = processor.tokenizer
-    rows = []
-    for prompt, target in zip(prompts, targets):
+    rows, label_rows = [], []
+    for index, (prompt, transcript) in enumerate(zip(prompts, transcripts)):
         before, after = prompt.split(processor.audio_token)
         ids = tokenizer(before, add_special_tokens=False)["input_ids"]
-        ids += tokenizer(target, add_special_tokens=False)["input_ids"]
+        ids += tokenizer(transcript, add_special_tokens=False)["input_ids"]
         ids += tokenizer(after, add_special_tokens=False)["input_ids"]
+        if targets is not None:
+            target = tokenizer(targets[index], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            label_rows.append([-100] * len(ids) + target)
+            ids += target
         rows.append(ids)
     length = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows])
-    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    if targets is None:
+        input_ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows])
+        attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return {
+        "input_ids": torch.tensor([row + [pad] * (length - len(row)) for row in rows]),
+        "attention_mask": torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows]),
+        "labels": torch.tensor([row + [-100] * (length - len(row)) for row in label_rows]),
+    }
 
 
 def build_model_and_processor(model_args: ModelArguments):
@@ -834,6 +935,15 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args)
+    if data_args.task == "chat" and data_args.transcript_column is None and (
+        training_args.kl_loss_coef > 0 or training_args.ctc_loss_coef > 0
+    ):
+        raise ValueError("--task chat with --kl_loss_coef or --ctc_loss_coef needs --transcript_column (the question).")
+    if (training_args.kl_loss_coef > 0 or training_args.ce_loss_coef != 1.0) and model._llm_lora_layers:
+        raise ValueError(
+            "--kl_loss_coef and --ce_loss_coef are split-loss options for a frozen LLM (its own KL teacher); they do "
+            "not combine with --lora_rank."
+        )
     if data_args.task == "asr":
         processor.transcription_prompt = data_args.prompt  # the pipeline, CLI and server ask as training did
     if training_args.llm_dtype:
@@ -858,7 +968,10 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     if isinstance(train_dataset, IterableDataset) and training_args.train_sampling_strategy == "group_by_length":
         training_args.train_sampling_strategy = "random"
 
-    train_collator = SteerMoEDataCollator(processor, data_args, train_base, with_targets=True)
+    train_collator = SteerMoEDataCollator(
+        processor, data_args, train_base, with_targets=True, teacher_inputs=training_args.kl_loss_coef > 0,
+        transcript_labels=training_args.ctc_loss_coef > 0 and data_args.transcript_column is not None,
+    )  # fmt: skip
     eval_collator = SteerMoEDataCollator(processor, data_args, eval_base, with_targets=False)
     stopper = GracefulStopCallback()
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False

@@ -298,3 +298,105 @@ def test_cached_prompt_prefix_gives_the_same_losses(backbone_dirs, manifest, tmp
     assert runs["true"].keys() == runs["false"].keys() == {1, 2, 3}
     for step, loss in runs["false"].items():
         assert abs(runs["true"][step] - loss) < 1e-4 * max(1.0, abs(loss)), (step, runs)
+
+
+def _clip_with_one_frame_per_token(processor, prompt: str, transcript: str, seed: int):
+    """A clip whose audio placeholders are exactly as many as the transcript's tokens."""
+    tokens = len(processor.tokenizer(transcript, add_special_tokens=False)["input_ids"])
+    for hundredths in range(5, 400):
+        clip = speechlike(hundredths / 100, seed=seed)
+        ids = processor(text=prompt, audio=clip, sampling_rate=16000)["input_ids"]
+        if int((ids == processor.audio_token_id).sum()) == tokens:
+            return clip
+    raise AssertionError(f"no clip length gives {tokens} audio tokens")
+
+
+def _chat_rows(folder: Path, processor, data_args) -> list[dict]:
+    """Training rows (transcript `text`, target `response`) whose clips give one frame per transcript token."""
+    collator = train.SteerMoEDataCollator(processor, data_args, str(folder))
+    rows = []
+    for index, (text, response) in enumerate([("the quick brown fox", "a lazy dog"), ("my fellow americans", "ask not")]):
+        prompt = collator.prompt_for({"text": text, "response": response})
+        soundfile.write(folder / f"c{index}.wav", _clip_with_one_frame_per_token(processor, prompt, text, index), 16000)
+        rows.append({"audio": f"c{index}.wav", "text": text, "response": response})
+    return rows
+
+
+@pytest.mark.parametrize("task", ["asr", "chat"])
+@pytest.mark.parametrize("cache_prompt_prefix", [False, True])
+def test_kl_is_zero_when_the_frames_are_the_transcripts_token_embeddings(
+    task, cache_prompt_prefix, model, processor, tmp_path, monkeypatch
+):
+    data_args = train.DataArguments(task=task)
+    if task == "chat":
+        data_args.text_column, data_args.transcript_column = "response", "text"
+    rows = _chat_rows(tmp_path, processor, data_args)
+    collator = train.SteerMoEDataCollator(processor, data_args, str(tmp_path), teacher_inputs=True)
+    batch = collator(rows)
+    args = train.SteerMoETrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, ce_loss_coef=0.0, kl_loss_coef=1.0,
+        target_logits_only=cache_prompt_prefix, cache_prompt_prefix=cache_prompt_prefix,
+    )  # fmt: skip
+    trainer = train.SteerMoETrainer(model=model, args=args, processing_class=processor)
+
+    def kl_loss():
+        trainer._loss_parts = {}
+        loss = trainer.compute_loss(model, dict(batch)).detach()
+        assert float(loss) == pytest.approx(float(trainer._loss_parts["kl_loss"][0]))
+        return float(loss)
+
+    assert kl_loss() > 1e-2  # the untrained aligner's frames
+    merge = model._merge_audio_into_embeddings
+    transcript_ids = processor.tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"]
+    token_embeddings = model.get_input_embeddings()(torch.tensor(sum(transcript_ids, [])))
+
+    def transcript_frames(input_ids, *args, **kwargs):
+        embeds, router_logits = merge(input_ids, *args, **kwargs)
+        placeholders = model.get_placeholder_mask(input_ids)[..., None]
+        return embeds.masked_scatter(placeholders, token_embeddings.to(embeds.dtype)), router_logits
+
+    monkeypatch.setattr(model, "_merge_audio_into_embeddings", transcript_frames)
+    assert kl_loss() < 1e-5
+
+
+def test_chat_task_prompts_hold_only_the_audio_and_the_teacher_the_typed_transcript(processor, tmp_path):
+    data_args = train.DataArguments(task="chat", text_column="response", transcript_column="text")
+    rows = _chat_rows(tmp_path, processor, data_args)
+    collator = train.SteerMoEDataCollator(processor, data_args, str(tmp_path), teacher_inputs=True, transcript_labels=True)
+    batch = collator(rows)
+    tokenizer = processor.tokenizer
+    audio_only = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "audio"}]}], add_generation_prompt=True
+    )
+    assert collator.prompt_for(rows[0]) == audio_only == processor.build_prompt("")  # the any-to-any / CLI chat prompt
+    user_start = tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row, ids, labels, teacher_ids, teacher_labels, transcript in zip(
+        rows, batch["input_ids"].tolist(), batch["labels"].tolist(), batch["teacher_input_ids"].tolist(),
+        batch["teacher_labels"].tolist(), batch["transcript_labels"].tolist(),
+    ):  # fmt: skip
+        user = ids[len(user_start) : ids.index(end)]
+        assert ids[: len(user_start)] == user_start and user and set(user) == {processor.audio_token_id}
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert [token for token in labels if token != -100] == response
+        typed = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["text"]}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        assert teacher_ids[: len(typed) + len(response)] == typed + response
+        assert teacher_labels[: len(typed) + len(response)] == [-100] * len(typed) + response
+        text_ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        assert transcript[: len(text_ids)] == text_ids and set(transcript[len(text_ids) :]) <= {-100}
+
+
+def test_kl_only_training_reduces_the_kl(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_args(
+        backbone_dirs, manifest, out, "--do_train", "--max_steps", "30", "--save_strategy", "no",
+        "--learning_rate", "5e-2", "--steering_learning_rate", "5e-2", "--ce_loss_coef", "0", "--kl_loss_coef", "1",
+        "--target_logits_only", "true", "--cache_prompt_prefix", "true",
+    ))  # fmt: skip
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    kl = {entry["step"]: entry["kl_loss"] for entry in history if "kl_loss" in entry}
+    assert len(kl) == 30 and all(abs(e["loss"] - e["kl_loss"]) < 1e-3 for e in history if "kl_loss" in e)
+    first, last = sum(kl[s] for s in (1, 2, 3, 4)) / 4, sum(kl[s] for s in (27, 28, 29, 30)) / 4  # 2 batches an epoch
+    assert last < 0.7 * first, str(sorted(kl.items()))
