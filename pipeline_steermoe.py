@@ -30,7 +30,9 @@ class SteerMoEASRPipeline(Pipeline):
 
     Transcription (no `prompt`) passes each clip through the no-speech gate first (`processing_steermoe.has_speech`,
     at the processor's `speech_threshold_db`, -50 dBFS by default; `speech_threshold_db=None` turns it off): a clip
-    without speech energy gives `{"text": ""}` without running the model. Free prompts are not gated.
+    without speech energy gives `{"text": ""}` without running the model. Free prompts are not gated. A transcript
+    ends at the LLM's end of turn or at `TranscriptLengthCriteria`'s bound (10 tokens per second of audio + 10),
+    unless `max_new_tokens` (or `max_length`, `stopping_criteria` in `generate_kwargs`) is given.
     """
 
     _load_processor = True
@@ -71,17 +73,18 @@ class SteerMoEASRPipeline(Pipeline):
     def preprocess(self, inputs, prompt: str | None = None, speech_threshold_db="default"):
         audio, sampling_rate = self._decode(inputs)
         speech = prompt is not None or self.processor.has_speech(audio, sampling_rate, speech_threshold_db)
-        prompt = self.processor.build_prompt(self.processor.transcription_instruction() if prompt is None else prompt)
-        return {"audio": audio, "sampling_rate": sampling_rate, "prompt": prompt, "speech": speech}
+        transcribe = prompt is None
+        prompt = self.processor.build_prompt(self.processor.transcription_instruction() if transcribe else prompt)
+        return {"audio": audio, "sampling_rate": sampling_rate, "prompt": prompt, "speech": speech, "transcribe": transcribe}
 
     def _decode(self, inputs) -> tuple[np.ndarray, int]:
         return decode_audio_input(inputs, default_rate=self.feature_extractor.sampling_rate)
 
     def _forward(self, model_inputs, generate_kwargs=None):
         batched = isinstance(model_inputs["prompt"], list)
-        audio, rates, prompts, speech = (
+        audio, rates, prompts, speech, transcribe = (
             (model_inputs[key] if batched else [model_inputs[key]])
-            for key in ("audio", "sampling_rate", "prompt", "speech")
+            for key in ("audio", "sampling_rate", "prompt", "speech", "transcribe")
         )
         speech = [bool(flag) for flag in speech]
         pad_id = self.tokenizer.pad_token_id
@@ -91,7 +94,10 @@ class SteerMoEASRPipeline(Pipeline):
             inputs = self.processor(
                 text=[prompts[i] for i in keep], audio=[audio[i] for i in keep], sampling_rate=[rates[i] for i in keep]
             ).to(self.model.device)
-            generated = self.model.generate(**inputs, tokenizer=self.tokenizer, **(generate_kwargs or {}))
+            generate_kwargs = dict(generate_kwargs or {})
+            if all(transcribe) and not {"max_new_tokens", "max_length", "stopping_criteria"} & set(generate_kwargs):
+                generate_kwargs["stopping_criteria"] = [self.processor.transcript_length_criteria(inputs["input_ids"])]
+            generated = self.model.generate(**inputs, tokenizer=self.tokenizer, **generate_kwargs)
             new_tokens = generated[:, inputs["input_ids"].shape[1] :].cpu()
             tokens = torch.full((len(speech), max(new_tokens.shape[1], 1)), pad_id, dtype=torch.long)
             tokens[keep, : new_tokens.shape[1]] = new_tokens

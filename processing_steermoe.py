@@ -2,13 +2,14 @@
 """SteerMoE processor: the audio encoder's feature extractor + the LLM's tokenizer with an audio placeholder token."""
 
 import io
+import math
 import os
 import re
 import urllib.request
 
 import numpy as np
 import torch
-from transformers import BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin, StoppingCriteria
 from transformers.processing_utils import ProcessingKwargs
 
 
@@ -149,6 +150,30 @@ def _check_sampling_rate(sampling_rate):
         )
 
 
+MAX_TRANSCRIPT_TOKENS_PER_SECOND = 10.0
+TRANSCRIPT_TOKEN_MARGIN = 10
+
+
+class TranscriptLengthCriteria(StoppingCriteria):
+    """The length bound of a transcript: stops a row once it has `MAX_TRANSCRIPT_TOKENS_PER_SECOND` new tokens per
+    second of its audio plus `TRANSCRIPT_TOKEN_MARGIN`. Speech carries about 3-6 LLM tokens per second, so a
+    transcript that ends its turn is never cut, and one that does not cannot run on for hundreds of tokens. Decided
+    per row, so batched transcription equals one by one.
+
+    Args:
+        prompt_length (`int`): Width of the (padded) prompt `input_ids` passed to `generate`.
+        max_new_tokens (`torch.Tensor`): `(batch,)` each row's bound.
+    """
+
+    def __init__(self, prompt_length: int, max_new_tokens: torch.Tensor):
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        bound = self.max_new_tokens.to(input_ids.device)
+        return torch.full_like(bound, input_ids.shape[1] - self.prompt_length) >= bound
+
+
 DEFAULT_SPEECH_THRESHOLD_DB = -50.0
 MIN_SPEECH_SECONDS = 0.1
 SPEECH_FRAME_SECONDS = 0.03
@@ -260,6 +285,24 @@ class SteerMoEProcessor(ProcessorMixin):
         given (`None` turns it off)."""
         threshold_db = self.speech_threshold_db if threshold_db == "default" else threshold_db
         return has_speech(audio, sampling_rate, threshold_db)
+
+    @property
+    def audio_token_seconds(self) -> float:
+        """Seconds of audio per audio token: the feature rate (mel frames or samples per second), through the
+        encoder's conv stem strides and the pooling."""
+        extractor = self.feature_extractor
+        rate = extractor.sampling_rate
+        if "input_features" in extractor.model_input_names:
+            rate = rate / extractor.hop_length
+        strides = math.prod(stride for _, stride, _ in self.conv_layers)
+        return self.pooling_kernel_size * strides / rate
+
+    def transcript_length_criteria(self, input_ids: torch.Tensor) -> TranscriptLengthCriteria:
+        """The `TranscriptLengthCriteria` of a transcription batch, from each row's count of audio tokens in
+        `input_ids` `(batch, prompt_length)`; pass it to `generate(..., stopping_criteria=[...])`."""
+        seconds = (input_ids == self.audio_token_id).sum(-1).double() * self.audio_token_seconds
+        bounds = torch.ceil(seconds * MAX_TRANSCRIPT_TOKENS_PER_SECOND).long() + TRANSCRIPT_TOKEN_MARGIN
+        return TranscriptLengthCriteria(input_ids.shape[1], bounds)
 
     def transcription_instruction(self, language: str | None = None) -> str:
         """The instruction of a transcription request: the saved `transcription_prompt`; the stock prompt names

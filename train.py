@@ -755,11 +755,15 @@ class SteerMoETrainer(Trainer):
         start = time.time()
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
+            bound = []
+            if self.eval_collator.data_args.task == "asr":  # the pipeline's transcript length bound
+                bound = [self.processing_class.transcript_length_criteria(batch["input_ids"])]
             output = model.generate(
                 **batch,
                 max_new_tokens=self.args.generation_max_new_tokens,
                 do_sample=False,
                 tokenizer=self.processing_class.tokenizer,
+                stopping_criteria=bound,
             )
             texts = self.processing_class.batch_decode(
                 output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True

@@ -263,3 +263,28 @@ def test_the_saved_transcription_prompt_is_what_transcription_asks(fresh_pair, t
     assert stock.transcription_instruction() == "Transcribe the audio."
     assert stock.transcription_instruction("zh") == "Transcribe the Chinese audio."
     assert reloaded.transcription_instruction("zh") == "Repeat the text above exactly."
+
+
+def test_transcripts_are_bounded_by_the_audio_length(fresh_pair, tmp_path):
+    model, processor = fresh_pair
+    model.generation_config.max_new_tokens = 200
+    model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "adapter"), trust_remote_code=True)
+    never_stops = {"min_new_tokens": 150}  # a model that does not end its turn
+    clips = [speechlike(0.5, seed=1), speechlike(2.0, seed=2)]
+    bounds, expected = [], []
+    for clip in clips:
+        inputs = processor(text=processor.build_prompt(processor.transcription_instruction()), audio=clip, sampling_rate=16000)
+        bound = processor.transcript_length_criteria(inputs["input_ids"])
+        bounds.append(int(bound.max_new_tokens[0]))
+        seconds = len(clip) / 16000
+        assert 10 * seconds + 10 <= bounds[-1] <= 10 * (seconds + processor.audio_token_seconds) + 11
+        out = model.generate(**inputs, stopping_criteria=[bound], **never_stops)
+        assert out.shape[1] - inputs["input_ids"].shape[1] == bounds[-1]
+        expected.append(processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    one_by_one = [asr(clip, generate_kwargs=never_stops)["text"] for clip in clips]
+    assert [row["text"] for row in asr(clips, batch_size=2, generate_kwargs=never_stops)] == one_by_one
+    assert one_by_one == expected
+    unbounded = asr(clips[0], max_new_tokens=60, generate_kwargs={"min_new_tokens": 60})["text"]
+    assert unbounded.startswith(expected[0]) and len(unbounded) > len(expected[0])
