@@ -297,11 +297,17 @@ class SteerMoEProcessor(ProcessorMixin):
         strides = math.prod(stride for _, stride, _ in self.conv_layers)
         return self.pooling_kernel_size * strides / rate
 
+    def transcript_token_bound(self, num_audio_tokens: int) -> int:
+        """The most new tokens a transcript of a clip of `num_audio_tokens` audio tokens may have:
+        `MAX_TRANSCRIPT_TOKENS_PER_SECOND` per second of audio plus `TRANSCRIPT_TOKEN_MARGIN`."""
+        seconds = num_audio_tokens * self.audio_token_seconds
+        return math.ceil(round(seconds * MAX_TRANSCRIPT_TOKENS_PER_SECOND, 6)) + TRANSCRIPT_TOKEN_MARGIN
+
     def transcript_length_criteria(self, input_ids: torch.Tensor) -> TranscriptLengthCriteria:
         """The `TranscriptLengthCriteria` of a transcription batch, from each row's count of audio tokens in
         `input_ids` `(batch, prompt_length)`; pass it to `generate(..., stopping_criteria=[...])`."""
-        seconds = (input_ids == self.audio_token_id).sum(-1).double() * self.audio_token_seconds
-        bounds = torch.ceil(seconds * MAX_TRANSCRIPT_TOKENS_PER_SECOND).long() + TRANSCRIPT_TOKEN_MARGIN
+        counts = (input_ids == self.audio_token_id).sum(-1).tolist()
+        bounds = torch.tensor([self.transcript_token_bound(count) for count in counts])
         return TranscriptLengthCriteria(input_ids.shape[1], bounds)
 
     def transcription_instruction(self, language: str | None = None) -> str:

@@ -8,9 +8,13 @@ without a `prompt` then goes through the project's no-speech gate (`has_speech`,
 `speech_threshold_db`): a clip without speech gets an empty transcript without running the model, as the
 transformers pipeline returns `{"text": ""}`. A clip at another rate or with several channels reaches vLLM as mono
 16 kHz float WAV made as the `SteerMoEProcessor` makes it (channel mean, soxr), so the server sees the same samples
-as transformers (vLLM would resample with FFmpeg's resampler); a mono 16 kHz upload passes through as sent.
+as transformers (vLLM would resample with FFmpeg's resampler); a mono 16 kHz upload passes through as sent. A
+transcription request that sets no `max_completion_tokens` gets the transformers pipeline's transcript length bound
+(`SteerMoEProcessor.transcript_token_bound` for the clip), so a model that does not end its turn stops where the
+pipeline stops.
 """
 
+import functools
 import io
 import math
 import secrets
@@ -23,6 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from transformers import GenerationConfig
 from vllm import envs
 from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
@@ -34,7 +39,7 @@ from vllm.entrypoints.speech_to_text.transcription.protocol import (
 )
 
 from processing_steermoe import _to_mono_float32, load_audio
-from serving.vllm_steermoe import load_processor
+from serving.vllm_steermoe import count_audio_tokens, load_processor
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 FORM_OVERHEAD_BYTES = 1 << 20  # room for the form's other fields and the multipart framing
@@ -62,8 +67,9 @@ def _empty_transcription(form, model: str, seconds: float) -> Response:
     return StreamingResponse(iter(events), media_type="text/event-stream")
 
 
-def _multipart(form, samples, sampling_rate: int) -> tuple[bytes, str]:
-    """The form again, its file replaced by `samples` as a float WAV; returns the body and its content type."""
+def _multipart(form, samples, sampling_rate: int, extra: dict | None = None) -> tuple[bytes, str]:
+    """The form again, its file replaced by `samples` as a float WAV and the `extra` fields added; returns the body
+    and its content type."""
     boundary = secrets.token_hex(16)
     wav = io.BytesIO()
     soundfile.write(wav, samples, sampling_rate, format="WAV", subtype="FLOAT")
@@ -76,6 +82,8 @@ def _multipart(form, samples, sampling_rate: int) -> tuple[bytes, str]:
             header = f'Content-Disposition: form-data; name="{name}"'
             content = str(value).encode()
         parts.append(f"--{boundary}\r\n{header}\r\n\r\n".encode() + content + b"\r\n")
+    for name, value in (extra or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -134,12 +142,26 @@ class TranscriptionGate:
         if gated and not processor.has_speech(samples, rate):
             return _empty_transcription(form, model, samples.shape[0] / rate), body, None
         target_rate = processor.feature_extractor.sampling_rate
-        if rate == target_rate and samples.ndim == 1:
-            return None, body, None  # vLLM decodes it with the same libsndfile into the same samples
         clip = _to_mono_float32(samples)
         if rate != target_rate:
             clip = soxr.resample(clip, int(rate), target_rate).astype("float32")
-        return None, *_multipart(form, clip, target_rate)
+        extra = {}
+        if not form.get("prompt") and not form.get("max_completion_tokens"):
+            bound = processor.transcript_token_bound(count_audio_tokens(processor, clip.shape[0]))
+            saved = _saved_max_new_tokens(state.vllm_config.model_config.model, state.vllm_config.model_config.revision)
+            extra["max_completion_tokens"] = bound if saved is None else min(bound, saved)
+        if rate == target_rate and samples.ndim == 1 and not extra:
+            return None, body, None  # vLLM decodes it with the same libsndfile into the same samples
+        return None, *_multipart(form, clip, target_rate, extra)
+
+
+@functools.cache
+def _saved_max_new_tokens(model: str, revision: str | None) -> int | None:
+    """The adapter's saved `max_new_tokens` (its generation config), which also caps the pipeline's transcripts."""
+    try:
+        return GenerationConfig.from_pretrained(model, revision=revision).max_new_tokens
+    except OSError:
+        return None
 
 
 def _duration(data: bytes) -> float | None:

@@ -100,7 +100,8 @@ def generate(adapter: str, requests: list[dict]) -> list[str]:
     texts = []
     for request in requests:
         if request["kind"] == "transcribe" and request.get("language") is None:
-            texts.append(asr(request["audio"], prompt=request.get("prompt"), max_new_tokens=request["max_new_tokens"])["text"])
+            limit = {} if request["max_new_tokens"] is None else {"max_new_tokens": request["max_new_tokens"]}
+            texts.append(asr(request["audio"], prompt=request.get("prompt"), **limit)["text"])
             continue
         if request["kind"] == "transcribe":
             inputs = processor.apply_transcription_request(

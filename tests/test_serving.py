@@ -67,6 +67,7 @@ def adapter_and_reference(openai, workdir, clips):
     requests += [transcription_request(clips["medium.wav"], prompt="what is said in this recording")]
     requests += [transcription_request(clips["medium.wav"], language="fr")]
     requests += [transcription_request(clips["silence.wav"], prompt="what is said in this recording")]
+    requests += [transcription_request(clips[name], max_new_tokens=None) for name in ("medium.wav", "stereo.flac")]
     requests += [chat_request(messages) for messages in conversations(clips).values()]
     adapter, texts = build_and_answer(workdir / "tiny", requests)
     return adapter, {json.dumps(request, sort_keys=True): text for request, text in zip(requests, texts)}
@@ -94,8 +95,8 @@ def model_name(client):
     return client.models.list().data[0].id
 
 
-def transcription_request(path, prompt=None, language=None) -> dict:
-    return {"kind": "transcribe", "audio": str(path), "prompt": prompt, "language": language, "max_new_tokens": MAX_TOKENS}
+def transcription_request(path, prompt=None, language=None, max_new_tokens=MAX_TOKENS) -> dict:
+    return {"kind": "transcribe", "audio": str(path), "prompt": prompt, "language": language, "max_new_tokens": max_new_tokens}
 
 
 def chat_request(messages) -> dict:
@@ -136,10 +137,11 @@ def expected(reference, request) -> str:
     return reference[json.dumps(request, sort_keys=True)]
 
 
-def transcribe(client, model_name, path, **kwargs) -> str:
+def transcribe(client, model_name, path, max_new_tokens=MAX_TOKENS, **kwargs) -> str:
+    extra_body = {} if max_new_tokens is None else {"max_completion_tokens": max_new_tokens}
     with open(path, "rb") as file:
         return client.audio.transcriptions.create(
-            model=model_name, file=file, extra_body={"max_completion_tokens": MAX_TOKENS}, **kwargs
+            model=model_name, file=file, extra_body=extra_body, **kwargs
         ).text
 
 
@@ -152,6 +154,13 @@ def test_transcriptions_equal_transformers(client, model_name, clips, reference)
     texts = {name: transcribe(client, model_name, clips[name]) for name in CLIPS}
     assert texts == {name: expected(reference, transcription_request(clips[name])) for name in CLIPS}
     assert len(set(texts.values())) >= 3, f"the audio should change the answer: {texts}"
+
+
+def test_transcripts_without_a_token_limit_stop_where_the_pipeline_stops(client, model_name, clips, reference):
+    for name in ("medium.wav", "stereo.flac"):
+        unbounded = expected(reference, transcription_request(clips[name], max_new_tokens=None))
+        assert len(unbounded) > len(expected(reference, transcription_request(clips[name]))), name
+        assert transcribe(client, model_name, clips[name], max_new_tokens=None) == unbounded, name
 
 
 def test_transcription_prompt_and_language_equal_transformers(client, model_name, clips, reference):
