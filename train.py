@@ -752,6 +752,7 @@ class SteerMoETrainer(Trainer):
         was_training = model.training
         model.eval()
         predictions, references = [], []
+        stopped_by_eos = 0
         start = time.time()
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
@@ -765,21 +766,34 @@ class SteerMoETrainer(Trainer):
                 tokenizer=self.processing_class.tokenizer,
                 stopping_criteria=bound,
             )
-            texts = self.processing_class.batch_decode(
-                output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            texts = self.processing_class.batch_decode(new_tokens, skip_special_tokens=True)
             predictions += [text.strip() for text in texts]
+            stopped_by_eos += int(self._ended_by_eos(model, new_tokens, bound).sum())
             references += refs
         predictions = self.accelerator.gather_for_metrics(predictions, use_gather_object=True)
         references = self.accelerator.gather_for_metrics(references, use_gather_object=True)
         model.train(was_training)
         scores = self.metric.compute(predictions=predictions, references=references, language=self.language)
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
+        stopped_by_eos = sum(self.accelerator.gather_for_metrics([stopped_by_eos], use_gather_object=True))
+        metrics[f"{metric_key_prefix}_stopped_by_eos"] = round(stopped_by_eos / max(len(predictions), 1), 4)
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
         self.last_predictions = list(zip(references, predictions))
         self.log(metrics)
         return metrics
 
+
+    def _ended_by_eos(self, model, new_tokens: torch.Tensor, bound: list) -> torch.Tensor:
+        """`(batch,)` whether each row ended its turn (an EOS token before its length limit) rather than hitting
+        the limit; rows that finish early are padded, possibly with the EOS token, so only the first one counts."""
+        limit = torch.full((len(new_tokens),), self.args.generation_max_new_tokens)
+        if bound:
+            limit = torch.minimum(limit, bound[0].max_new_tokens)
+        eos = torch.tensor(model.generation_config.eos_token_id or [], device=new_tokens.device).reshape(-1)
+        is_eos = torch.isin(new_tokens, eos)
+        first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), new_tokens.shape[1]).cpu()
+        return first < limit
 
     def evaluate_oracle(self, dataset, collator, metric_key_prefix="oracle"):
         """WER/CER against the targets of the frozen LLM given the transcript's own tokens where the audio goes

@@ -400,3 +400,22 @@ def test_kl_only_training_reduces_the_kl(backbone_dirs, manifest, tmp_path):
     assert len(kl) == 30 and all(abs(e["loss"] - e["kl_loss"]) < 1e-3 for e in history if "kl_loss" in e)
     first, last = sum(kl[s] for s in (1, 2, 3, 4)) / 4, sum(kl[s] for s in (27, 28, 29, 30)) / 4  # 2 batches an epoch
     assert last < 0.7 * first, str(sorted(kl.items()))
+
+
+def test_eval_tells_rows_that_ended_their_turn_from_rows_that_hit_the_limit():
+    from types import SimpleNamespace
+
+    from processing_steermoe import TranscriptLengthCriteria
+
+    trainer = SimpleNamespace(args=SimpleNamespace(generation_max_new_tokens=6))
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 7]))
+    new_tokens = torch.tensor([
+        [5, 5, 2, 2, 2, 2],  # ended its turn at 2, padded with EOS after
+        [5, 5, 5, 2, 2, 2],  # cut by its bound of 3 tokens, then padded with the EOS id: not an end of turn
+        [5, 5, 5, 5, 5, 5],  # ran to generation_max_new_tokens
+        [7, 2, 2, 2, 2, 2],  # ended at once with the second EOS id
+    ])  # fmt: skip
+    bound = [TranscriptLengthCriteria(10, torch.tensor([8, 3, 8, 8]))]
+    ended = train.SteerMoETrainer._ended_by_eos(trainer, model, new_tokens, bound)
+    assert ended.tolist() == [True, False, False, True]
+    assert train.SteerMoETrainer._ended_by_eos(trainer, model, new_tokens, []).tolist() == [True, True, False, True]
