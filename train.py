@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from datasets import Audio, IterableDataset, load_dataset
+from datasets import Audio, Dataset, IterableDataset, load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -122,6 +122,15 @@ class DataArguments:
             "help": "The audio's transcript when the target is something else (task chat: the typed question whose "
             "answer is the target). The KL teacher reads it where the audio goes and the CTC loss aligns the frames "
             "to it. Default: --text_column."
+        },
+    )
+    prompt_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Task chat: a column of text that follows the audio in the user turn (an instruction such as "
+            "'Repeat the text above exactly.'); rows where it is empty keep the audio as the whole turn. Mixes "
+            "transcription and chat rows in one manifest (scripts/make_chat_targets.py --repeat_fraction); the most "
+            "frequent instruction is saved as the adapter's transcription prompt."
         },
     )
     task: str = field(
@@ -393,7 +402,10 @@ class SteerMoEDataCollator:
     def prompt_for(self, example) -> str:
         args = self.data_args
         if args.task == "chat":
-            conversation = [{"role": "user", "content": [{"type": "audio"}]}]
+            content = [{"type": "audio"}]
+            if args.prompt_column and example.get(args.prompt_column):
+                content.append({"type": "text", "text": example[args.prompt_column]})
+            conversation = [{"role": "user", "content": content}]
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         instruction = example[args.question_column] if args.task == "qa" else args.prompt
         return self.processor.build_prompt(instruction, use_chat_template=args.use_chat_template)
@@ -983,6 +995,10 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             eval_dataset, report["data"]["eval"] = filter_split(
                 eval_dataset, data_args, processor.tokenizer, eval_base, data_args.max_eval_samples, "eval"
             )
+    if data_args.task == "chat" and data_args.prompt_column and isinstance(train_dataset, Dataset):
+        instructions = Counter(text for text in train_dataset[data_args.prompt_column] if text)
+        if instructions:  # the pipeline, CLI and server transcribe with the instruction training used
+            processor.transcription_prompt = instructions.most_common(1)[0][0]
     if isinstance(train_dataset, IterableDataset) and training_args.train_sampling_strategy == "group_by_length":
         training_args.train_sampling_strategy = "random"
 

@@ -10,6 +10,11 @@ trains the aligner so that the audio, as the whole user turn, gets that answer (
     python scripts/make_chat_targets.py data/demo/train.jsonl --text_model_id models/SmolLM2-135M-Instruct \\
         --output data/demo/train_chat.jsonl
 
+With `--repeat_fraction F`, a seeded fraction F of the rows become transcription rows instead: their
+`--prompt_column` holds `--repeat_prompt` (the instruction that follows the audio) and their response is the
+transcript itself, so no answer is generated for them; the other rows get an empty instruction (the audio is the
+whole user turn). `train.py --task chat --prompt_column prompt` trains on both kinds in one run.
+
 Rows are written as each batch finishes; the same command continues an interrupted run where it stopped.
 """
 
@@ -17,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -58,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--limit", type=int, help="Only the first N rows.")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16.")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (use the training LLM's).")
+    parser.add_argument("--repeat_fraction", type=float, default=0.0, help="Fraction of transcription rows.")
+    parser.add_argument("--repeat_prompt", default="Repeat the text above exactly.")
+    parser.add_argument("--prompt_column", default="prompt", help="Written when --repeat_fraction > 0.")
+    parser.add_argument("--seed", type=int, default=0, help="Which rows become transcription rows.")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.repeat_fraction <= 1.0:
+        raise SystemExit(f"--repeat_fraction must lie in [0, 1], got {args.repeat_fraction}.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     source, output = Path(args.manifest), Path(args.output)
@@ -79,12 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
     output.parent.mkdir(parents=True, exist_ok=True)
     source_dir, output_dir = source.resolve().parent, output.resolve().parent
+    rng = random.Random(args.seed)
+    repeat = [rng.random() < args.repeat_fraction for _ in rows]
     with open(output, "a") as handle, torch.inference_mode():
         for first in tqdm(range(done, len(rows), args.batch_size), desc="Answering", unit="batch"):
             batch = rows[first : first + args.batch_size]
-            responses = chat_responses(model, tokenizer, [row[args.text_column] for row in batch], args.max_new_tokens)
-            for row, response in zip(batch, responses):
+            flags = repeat[first : first + args.batch_size]
+            asked = [row[args.text_column] for row, flag in zip(batch, flags) if not flag]
+            answers = iter(chat_responses(model, tokenizer, asked, args.max_new_tokens) if asked else [])
+            for row, flag in zip(batch, flags):
+                response = row[args.text_column] if flag else next(answers)
                 row = {**row, args.response_column: response}
+                if args.repeat_fraction > 0:
+                    row[args.prompt_column] = args.repeat_prompt if flag else ""
                 row[args.audio_column] = rebase_audio(row[args.audio_column], source_dir, output_dir)
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()

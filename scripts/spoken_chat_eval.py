@@ -11,7 +11,12 @@ the whole user turn). Reports, greedy decoding:
 - tool calls (a system prompt describes the tools and a JSON call format): the fraction of answers that parse as
   a JSON call, and of those that name the right tool with the right argument.
 
-    python scripts/spoken_chat_eval.py --model outputs/instruct --output outputs/instruct/spoken_chat.json
+With `--wer_manifest` (a JSONL manifest with `audio` and `text`, e.g. the held-out sentences by held-out voices
+`data/instruct/test_unseen_voice.jsonl`), it also reports the transcription WER through the same chat call: the
+clip followed by the adapter's transcription prompt as one user turn.
+
+    python scripts/spoken_chat_eval.py --model outputs/instruct --output outputs/instruct/spoken_chat.json \
+        --wer_manifest data/instruct/test_unseen_voice.jsonl
 """
 
 import argparse
@@ -24,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import evaluate
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
@@ -62,6 +68,46 @@ QUESTIONS = [
     ("What gas do plants take in from the air?", ["carbon dioxide", "co2"]),
     ("What is the closest star to the Earth?", ["sun"]),
     ("In which country are the pyramids of Giza?", ["egypt"]),
+    ("What is the boiling point of water in Celsius?", ["100", "hundred"]),
+    ("How many hours are in a day?", ["24", "twenty four"]),
+    ("What is the largest planet in our solar system?", ["jupiter"]),
+    ("Who painted the Mona Lisa?", ["leonardo", "vinci"]),
+    ("What is the chemical symbol for gold?", ["au"]),
+    ("What is the tallest animal in the world?", ["giraffe"]),
+    ("What is the fastest land animal?", ["cheetah"]),
+    ("How many continents are there?", ["seven", "7"]),
+    ("What language is spoken in Brazil?", ["portuguese"]),
+    ("Who was the first president of the United States?", ["washington"]),
+    ("What is the main ingredient of guacamole?", ["avocado", "avocados"]),
+    ("What do caterpillars turn into?", ["butterfly", "butterflies", "moth", "moths"]),
+    ("What is the currency of Japan?", ["yen"]),
+    ("How many sides does a triangle have?", ["three", "3"]),
+    ("What is two plus two?", ["four", "4"]),
+    ("Which animal is known as the king of the jungle?", ["lion"]),
+    ("What is the hardest natural substance?", ["diamond", "diamonds"]),
+    ("Who discovered the law of gravity?", ["newton"]),
+    ("Which musical instrument has eighty eight keys?", ["piano"]),
+    ("Which organ pumps blood through the body?", ["heart"]),
+    ("What do you call a baby dog?", ["puppy"]),
+    ("What do you call a baby cat?", ["kitten"]),
+    ("What is the largest mammal?", ["whale"]),
+    ("Which season comes after winter?", ["spring"]),
+    ("What color is grass?", ["green"]),
+    ("How many minutes are in an hour?", ["sixty", "60"]),
+    ("What language do people speak in Mexico?", ["spanish"]),
+    ("Which bird is a symbol of peace?", ["dove"]),
+    ("What is the longest river in Africa?", ["nile"]),
+    ("Who invented the telephone?", ["bell"]),
+    ("What do pandas eat?", ["bamboo"]),
+    ("Which planet is known as the red planet?", ["mars"]),
+    ("What is the capital of Australia?", ["canberra"]),
+    ("In which city is the Eiffel Tower?", ["paris"]),
+    ("What is the opposite of wet?", ["dry"]),
+    ("What shape has four equal sides?", ["square"]),
+    ("What is the plural of mouse?", ["mice"]),
+    ("How many wheels does a bicycle have?", ["two", "2"]),
+    ("What color is snow?", ["white"]),
+    ("What do plants need from the sun to grow?", ["light", "sunlight", "energy"]),
 ]
 
 TOOLS_SYSTEM = (
@@ -82,6 +128,8 @@ TOOL_REQUESTS = [
     ("Set an alarm for seven in the morning.", "set_alarm", ["7", "seven"]),
     ("Wake me up at six.", "set_alarm", ["6", "six"]),
 ]
+
+METRIC_PATH = str(Path(__file__).resolve().parent.parent / "metrics" / "asr_error_rate")
 
 # espeak-ng voices the demo never trains on (scripts/synthesize_demo_data.py holds them out).
 EVAL_ACCENTS = ["en-gb-scotland", "en-us", "en-gb"]
@@ -190,6 +238,28 @@ def evaluate_spoken_chat(model, processor, audio_dir: Path, seed: int = 0, batch
     return report
 
 
+def transcription_wer(model, processor, manifest: Path, limit: int | None = None, batch_size: int = 8,
+                      max_new_tokens: int = 48) -> dict:  # fmt: skip
+    """WER and CER of transcripts asked through the chat call: each clip of `manifest` (JSONL, `audio` relative to
+    its folder, `text`) then the adapter's `transcription_prompt`, as one user turn; greedy."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:limit]
+    instruction = processor.transcription_prompt
+    conversations = [
+        [{"role": "user", "content": [{"type": "audio", "path": str(manifest.parent / row["audio"])},
+                                      {"type": "text", "text": instruction}]}]
+        for row in rows
+    ]  # fmt: skip
+    predictions = answer_all(model, processor, conversations, batch_size, max_new_tokens)
+    references = [row["text"] for row in rows]
+    scores = evaluate.load(METRIC_PATH).compute(predictions=predictions, references=references, language="en")
+    return {
+        "manifest": str(manifest),
+        "prompt": instruction,
+        **scores,
+        "examples": [{"reference": r, "prediction": p} for r, p in zip(references[:20], predictions[:20])],
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="An adapter folder or Hub id on an instruct LLM.")
@@ -197,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wer_manifest", help="Also score transcription through the chat call on this manifest.")
+    parser.add_argument("--wer_samples", type=int, help="Only the first N rows of --wer_manifest.")
     args = parser.parse_args(argv)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
@@ -204,10 +276,16 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.model}: the LLM has no chat template; spoken chat needs an instruct LLM.")
     with tempfile.TemporaryDirectory() as folder:
         report = evaluate_spoken_chat(model, processor, Path(folder), args.seed, args.batch_size, args.max_new_tokens)
+    if args.wer_manifest:
+        report["transcription"] = transcription_wer(
+            model, processor, Path(args.wer_manifest), args.wer_samples, args.batch_size, args.max_new_tokens
+        )
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).write_text(text + "\n")
     summary = {key: value for key, value in report.items() if key != "examples"}
+    if "transcription" in summary:
+        summary["transcription"] = {k: v for k, v in summary["transcription"].items() if k != "examples"}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

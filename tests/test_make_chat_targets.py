@@ -38,3 +38,27 @@ def test_one_response_per_row_equal_to_generate_on_the_typed_turn(backbone_dirs,
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         assert row["response"] == expected and expected
+
+
+def test_repeat_fraction_makes_transcription_rows_without_generating(backbone_dirs, tmp_path):
+    _, text_dir = backbone_dirs
+    transcripts = [f"{t} {i}" for i in range(10) for t in TRANSCRIPTS[:1]]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f"{i}.wav", "text": t}) + "\n" for i, t in enumerate(transcripts)))
+    output = tmp_path / "mixed.jsonl"
+    make_chat_targets.main([
+        str(manifest), "--text_model_id", str(text_dir), "--output", str(output), "--max_new_tokens", "4",
+        "--batch_size", "4", "--repeat_fraction", "0.5", "--repeat_prompt", "Say it again.",
+    ])  # fmt: skip
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    repeats = [row for row in rows if row["prompt"]]
+    chats = [row for row in rows if not row["prompt"]]
+    assert repeats and chats and len(rows) == len(transcripts)
+    assert all(row["prompt"] == "Say it again." and row["response"] == row["text"] for row in repeats)
+    assert all(row["prompt"] == "" and row["response"] != row["text"] for row in chats)
+    again = tmp_path / "again.jsonl"
+    make_chat_targets.main([
+        str(manifest), "--text_model_id", str(text_dir), "--output", str(again), "--max_new_tokens", "4",
+        "--batch_size", "3", "--repeat_fraction", "0.5", "--repeat_prompt", "Say it again.",
+    ])  # fmt: skip
+    assert [json.loads(line)["prompt"] for line in again.read_text().splitlines()] == [row["prompt"] for row in rows]

@@ -47,3 +47,33 @@ def test_end_to_end_on_a_tiny_model(model, processor, tmp_path):
     assert report["examples"][1] == {"question": questions[1][0], "typed": expected, "spoken": report["examples"][1]["spoken"]}
     assert report["questions"] == 2 and 0 <= report["speech_right"] <= 1 and 0 <= report["text_right"] <= 1
     assert set(report["tool_calls_spoken"]) == {"parse_rate", "match_rate"} and len(report["examples"]) == 3
+
+
+def test_transcription_wer_asks_each_clip_with_the_saved_prompt_through_the_chat_call(model, processor, tmp_path, monkeypatch):
+    import json
+
+    import soundfile
+    from conftest import speechlike
+
+    rows = [{"audio": f"wav/{i}.wav", "text": text} for i, text in enumerate(["the quick fox", "a lazy dog"])]
+    (tmp_path / "wav").mkdir()
+    for i, _ in enumerate(rows):
+        soundfile.write(tmp_path / "wav" / f"{i}.wav", speechlike(0.5 + 0.3 * i, seed=i), 16000)
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr(processor, "transcription_prompt", "Say it again.")
+    asked = []
+    answer_all = spoken_chat_eval.answer_all
+
+    def recording(model_, processor_, conversations, *args):
+        asked.extend(conversations)
+        return ["the quick fox", "a lazy cat"]
+
+    monkeypatch.setattr(spoken_chat_eval, "answer_all", recording)
+    report = spoken_chat_eval.transcription_wer(model, processor, manifest)
+    assert [c[0]["content"][1]["text"] for c in asked] == ["Say it again."] * 2
+    assert [c[0]["content"][0]["path"] for c in asked] == [str(tmp_path / row["audio"]) for row in rows]
+    assert report["wer"] == pytest.approx(1 / 6) and report["prompt"] == "Say it again." and report["num_samples"] == 2
+    monkeypatch.setattr(spoken_chat_eval, "answer_all", answer_all)
+    real = spoken_chat_eval.transcription_wer(model, processor, manifest, limit=1, max_new_tokens=3)
+    assert real["num_samples"] == 1 and real["examples"][0]["reference"] == "the quick fox"

@@ -388,6 +388,36 @@ def test_chat_task_prompts_hold_only_the_audio_and_the_teacher_the_typed_transcr
         assert transcript[: len(text_ids)] == text_ids and set(transcript[len(text_ids) :]) <= {-100}
 
 
+def test_prompt_column_mixes_transcription_rows_into_the_chat_task(processor, tmp_path):
+    data_args = train.DataArguments(task="chat", text_column="response", transcript_column="text", prompt_column="prompt")
+    collator = train.SteerMoEDataCollator(processor, data_args, str(tmp_path), teacher_inputs=True)
+    repeat = {"text": "the quick brown fox", "response": "the quick brown fox", "prompt": "Repeat the text above exactly."}
+    chat = {"text": "the quick brown fox", "response": "a lazy dog", "prompt": ""}
+    assert collator.prompt_for(repeat) == processor.build_prompt("Repeat the text above exactly.")
+    assert collator.prompt_for(chat) == processor.build_prompt("")
+    soundfile.write(tmp_path / "a.wav", speechlike(1.0, seed=0), 16000)
+    batch = collator([{**repeat, "audio": "a.wav"}, {**chat, "audio": "a.wav"}])
+    teachers = processor.tokenizer.batch_decode(batch["teacher_input_ids"])
+    user_turns = [teacher.split("<|im_start|>user\n")[1].split("<|im_end|>")[0] for teacher in teachers]
+    assert user_turns[0] == "the quick brown fox" + "Repeat the text above exactly."  # token ids joined as the prompt's
+    assert user_turns[1] == "the quick brown fox"
+
+
+def test_training_saves_the_prompt_columns_instruction_as_the_transcription_prompt(backbone_dirs, manifest, tmp_path):
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    mixed = manifest.parent / "mixed.jsonl"
+    mixed.write_text("".join(
+        json.dumps({**row, "prompt": "Say it again." if index % 3 else "", "response": row["text"]}) + "\n"
+        for index, row in enumerate(rows)
+    ))  # fmt: skip
+    out = tmp_path / "run"
+    args = run_args(backbone_dirs, mixed, out, "--do_train", "--max_steps", "1", "--save_strategy", "no")
+    train.main([*args, "--task", "chat", "--text_column", "response", "--transcript_column", "text",
+                "--prompt_column", "prompt"])  # fmt: skip
+    saved = json.loads((out / "processor_config.json").read_text())
+    assert saved["transcription_prompt"] == "Say it again."
+
+
 def test_kl_only_training_reduces_the_kl(backbone_dirs, manifest, tmp_path):
     out = tmp_path / "run"
     train.main(run_args(
