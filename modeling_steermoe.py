@@ -430,33 +430,27 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
     ):
         """Text embeddings with the audio placeholders replaced, in order, by the audio frames of all windows
         (and the router logits when asked for)."""
-        placeholder_mask = self.get_placeholder_mask(input_ids)
         audio_embeds, token_mask, router_logits = self._encode_audio(
             input_features, feature_attention_mask, output_router_logits
         )
-        audio_embeds = audio_embeds[token_mask]
-        num_placeholders = int(placeholder_mask.sum())
-        if num_placeholders != audio_embeds.shape[0]:
+
+        def hint(num_placeholders: int) -> str:
             if num_placeholders == 0:
-                hint = (
+                return (
                     f"The inputs were made by a processor whose audio token is not this model's (id "
                     f"{self.config.audio_token_id}): a tokenizer of another LLM? Use the processor saved with this "
                     "model, or SteerMoEProcessor.from_config(model.config)."
                 )
-            else:
-                hint = (
-                    "Build inputs with the SteerMoEProcessor whose pooling matches this model "
-                    f"(pooling_kernel_size={self.config.audio_frames_per_token})."
-                )
-            raise ValueError(
-                f"The text holds {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
-                f"the audio gives {audio_embeds.shape[0]} frames. {hint}"
+            return (
+                "Build inputs with the SteerMoEProcessor whose pooling matches this model "
+                f"(pooling_kernel_size={self.config.audio_frames_per_token})."
             )
-        embed_tokens = self.get_input_embeddings()
-        inputs_embeds = embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
-        audio_embeds = audio_embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-        mask = placeholder_mask[..., None].to(inputs_embeds.device)
-        return inputs_embeds.masked_scatter(mask, audio_embeds), router_logits
+
+        inputs_embeds = merge_audio_embeddings(
+            input_ids, self.get_placeholder_mask(input_ids), audio_embeds[token_mask], self.get_input_embeddings(),
+            self.config.audio_token_id, hint,
+        )  # fmt: skip
+        return inputs_embeds, router_logits
 
     def forward(
         self,
@@ -702,6 +696,21 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             f"{self.config.text_model_id!r} (hidden_size={self.config.text_config.hidden_size}); "
             f"shapes differ: {shapes}."
         )
+
+
+def merge_audio_embeddings(input_ids, placeholder_mask, audio_embeds, embed_tokens, audio_token_id, hint=None):
+    """The text embeddings `(batch, seq_len, hidden)` of `input_ids` with the audio placeholders (`placeholder_mask`,
+    `(batch, seq_len)`) replaced, in order, by the frames `audio_embeds` `(num_frames, hidden)` of all clips.
+    `embed_tokens` embeds token ids; a count mismatch raises, with `hint(num_placeholders)` appended when given."""
+    num_placeholders = int(placeholder_mask.sum())
+    if num_placeholders != audio_embeds.shape[0]:
+        raise ValueError(
+            f"The text holds {num_placeholders} audio placeholder tokens (id {audio_token_id}) but the audio gives "
+            f"{audio_embeds.shape[0]} frames. {hint(num_placeholders) if hint else ''}".rstrip()
+        )
+    inputs_embeds = embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
+    audio_embeds = audio_embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(placeholder_mask[..., None].to(inputs_embeds.device), audio_embeds)
 
 
 def _asr_generation_config(llm_config: GenerationConfig) -> GenerationConfig:

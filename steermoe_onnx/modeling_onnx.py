@@ -23,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
 from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens  # the repo's root modules (py_modules)
-from modeling_steermoe import _right_to_left_padding
+from modeling_steermoe import _right_to_left_padding, merge_audio_embeddings
 from pipeline_steermoe import SteerMoEASRPipeline
 
 from .export import EXPORT_SUBFOLDER, GRAPHS, LLM_GENERATION_CONFIG_NAME, MANIFEST_NAME, PRECISIONS
@@ -220,16 +220,11 @@ class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, Gener
                 for n in lengths
             ]
         )
-        audio_embeds = audio_embeds[torch.arange(audio_embeds.shape[1]) < counts[:, None]]
-        num_placeholders = int(placeholder_mask.sum())
-        if num_placeholders != audio_embeds.shape[0]:
-            raise ValueError(
-                f"The text holds {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
-                f"the audio gives {audio_embeds.shape[0]} frames. Build inputs with the processor saved with this "
-                "export."
-            )
-        inputs_embeds = self.language_model.embed_tokens(input_ids.masked_fill(placeholder_mask, 0))
-        return inputs_embeds.masked_scatter(placeholder_mask[..., None], audio_embeds)
+        return merge_audio_embeddings(
+            input_ids, placeholder_mask, audio_embeds[torch.arange(audio_embeds.shape[1]) < counts[:, None]],
+            self.language_model.embed_tokens, self.config.audio_token_id,
+            lambda _: "Build inputs with the processor saved with this export.",
+        )  # fmt: skip
 
     def forward(
         self,
