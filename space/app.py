@@ -110,22 +110,26 @@ class SteerMoEDemo:
             raise gr.Error(f"{name} lasts {seconds:.1f} s; this demo takes clips up to {self.max_seconds:g} s.")
         return (samples.mean(axis=1) if samples.ndim == 2 else samples).astype(np.float32), rate
 
-    def _generate_kwargs(self, loaded: LoadedAdapter) -> dict:
+    def _generate_kwargs(self, loaded: LoadedAdapter, transcription_ids: torch.Tensor | None = None) -> dict:
+        """`generate` options: the demo's `max_new_tokens` when set, else for a transcription (its prompt ids given)
+        the transcript length bound that the pipeline applies."""
         kwargs = {"tokenizer": loaded.processor.tokenizer}
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
+        elif transcription_ids is not None:
+            kwargs["stopping_criteria"] = [loaded.processor.transcript_length_criteria(transcription_ids)]
         return kwargs
 
-    def stream(self, loaded: LoadedAdapter, inputs):
-        """Generate from processor `inputs`, yielding the answer so far each time the streamer has new text."""
+    def stream(self, loaded: LoadedAdapter, inputs, transcription: bool = False):
+        """Generate from processor `inputs`, yielding the answer so far each time the streamer has new text
+        (bounded by the transcript length bound when `transcription`)."""
+        generate_kwargs = self._generate_kwargs(loaded, inputs["input_ids"] if transcription else None)
         streamer = TextIteratorStreamer(loaded.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors = []
 
         def generate():
             try:
-                loaded.model.generate(
-                    **inputs.to(loaded.model.device), streamer=streamer, **self._generate_kwargs(loaded)
-                )
+                loaded.model.generate(**inputs.to(loaded.model.device), streamer=streamer, **generate_kwargs)
             except Exception as error:  # reported below, after the streamer is released
                 errors.append(error)
                 streamer.end()
@@ -144,7 +148,7 @@ class SteerMoEDemo:
         """The offline transcript of one clip (the live mode's decoder)."""
         inputs = loaded.processor.apply_transcription_request(samples, sampling_rate=sampling_rate)
         inputs = inputs.to(loaded.model.device)
-        out = loaded.model.generate(**inputs, **self._generate_kwargs(loaded))
+        out = loaded.model.generate(**inputs, **self._generate_kwargs(loaded, inputs["input_ids"]))
         return loaded.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[
             0
         ].strip()
@@ -194,7 +198,7 @@ class SteerMoEDemo:
                     progress((index, len(spoken)), desc=f"Segment {index + 1} of {len(spoken)}", unit="segments")
                 inputs = loaded.processor.apply_transcription_request(segment, sampling_rate=rate)
                 done = answer.rstrip() + " " if answer else ""
-                for text in self.stream(loaded, inputs):
+                for text in self.stream(loaded, inputs, transcription=True):
                     answer = done + text.lstrip()
                     yield answer, gr.skip(), chat_view, history
         elif task == "Ask a question":

@@ -94,6 +94,22 @@ def test_handlers_stream_the_transcript_and_plot_the_router(demo, adapter, clips
     assert (usage > 0).all() and not np.allclose(usage, usage[0, 0])
 
 
+def test_without_a_token_limit_transcripts_keep_the_pipelines_length_bound(adapter, clips):
+    from transformers import pipeline
+
+    demo = space_app.SteerMoEDemo(max_seconds=MAX_SECONDS)
+    outputs = list(demo.run(str(adapter), str(clips["speech.wav"]), "Transcribe", "", [], progress=RecordedProgress()))
+    loaded = demo.load(str(adapter))
+    samples, rate = demo.read_clip(loaded, clips["speech.wav"])
+    inputs = loaded.processor.apply_transcription_request(samples, sampling_rate=rate)
+    bound = loaded.processor.transcript_token_bound(int((inputs["input_ids"] == loaded.processor.audio_token_id).sum()))
+    assert bound < loaded.model.generation_config.max_new_tokens  # the bound, not the saved limit, is what stops it
+    transcript = demo.transcribe(loaded, samples, rate)
+    assert 0 < len(loaded.processor.tokenizer(transcript, add_special_tokens=False)["input_ids"]) <= bound + 1
+    asr = pipeline("automatic-speech-recognition", model=str(adapter), trust_remote_code=True)
+    assert outputs[-1][0] == transcript == asr(str(clips["speech.wav"]))["text"]
+
+
 def test_long_clip_goes_segment_by_segment_with_progress(demo, adapter, clips):
     progress = RecordedProgress()
     outputs = list(demo.run(str(adapter), str(clips["long.wav"]), "Transcribe", "", [], progress=progress))
