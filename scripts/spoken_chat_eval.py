@@ -8,8 +8,8 @@ the whole user turn). Reports, greedy decoding:
 - `text_right` / `speech_right`: the fraction of questions whose answer contains an expected key word, and their
   ratio `speech_right / text_right` (the goal is >= 0.8; the LLM's own typed answers are the reference, since a small
   LLM gets some facts wrong either way), plus `same_answer`, the fraction of spoken answers identical to the typed;
-- tool calls (a system prompt describes the tools and a JSON call format): the fraction of answers that parse as
-  a JSON call, and of those that name the right tool with the right argument.
+- tool calls (a system prompt describes the tools and a JSON call format, then two worked exchanges): the fraction
+  of answers that parse as a JSON call, and the fraction that name the right tool with the right argument.
 
 With `--wer_manifest` (a JSONL manifest with `audio` and `text`, e.g. the held-out sentences by held-out voices
 `data/instruct/test_unseen_voice.jsonl`), it also reports the transcription WER through the same chat call: the
@@ -115,6 +115,14 @@ TOOLS_SYSTEM = (
     "call(person), set_alarm(time). When the user asks for one of these, reply with only a JSON object such as "
     '{"name": "get_weather", "arguments": {"city": "Paris"}} and nothing else.'
 )
+# Two worked exchanges before the request (typed in both arms): without them the 135M LLM never writes the JSON
+# call, even typed (0/10 parse); with them it writes one every time. Neither names a requested city or person.
+TOOLS_EXAMPLES = [
+    {"role": "user", "content": "Turn on the radio."},
+    {"role": "assistant", "content": '{"name": "play_music", "arguments": {"artist": "radio"}}'},
+    {"role": "user", "content": "Is it raining in Oslo?"},
+    {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'},
+]
 # (request, tool name, a word the arguments must hold)
 TOOL_REQUESTS = [
     ("Set a timer for five minutes.", "set_timer", ["5", "five"]),
@@ -202,9 +210,9 @@ def evaluate_spoken_chat(model, processor, audio_dir: Path, seed: int = 0, batch
     question_paths, tool_paths = paths[: len(questions)], paths[len(questions) :]
     typed = [[{"role": "user", "content": q}] for q, _ in questions]
     spoken = [[{"role": "user", "content": [{"type": "audio", "path": str(p)}]}] for p in question_paths]
-    system = {"role": "system", "content": TOOLS_SYSTEM}
-    typed_tools = [[system, {"role": "user", "content": r}] for r, _, _ in tool_requests]
-    spoken_tools = [[system, {"role": "user", "content": [{"type": "audio", "path": str(p)}]}] for p in tool_paths]
+    context = [{"role": "system", "content": TOOLS_SYSTEM}, *TOOLS_EXAMPLES]
+    typed_tools = [[*context, {"role": "user", "content": r}] for r, _, _ in tool_requests]
+    spoken_tools = [[*context, {"role": "user", "content": [{"type": "audio", "path": str(p)}]}] for p in tool_paths]
     answers = answer_all(model, processor, typed + spoken + typed_tools + spoken_tools, batch_size, max_new_tokens)
     n, m = len(questions), len(tool_requests)
     typed_answers, spoken_answers = answers[:n], answers[n : 2 * n]
