@@ -974,6 +974,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             "--kl_loss_coef and --ce_loss_coef are split-loss options for a frozen LLM (its own KL teacher); they do "
             "not combine with --lora_rank."
         )
+    if data_args.prompt_column and data_args.task != "chat":
+        raise ValueError(f"--prompt_column is for --task chat (the instruction after the audio); got --task {data_args.task}.")
     if data_args.task == "asr":
         processor.transcription_prompt = data_args.prompt  # the pipeline, CLI and server ask as training did
     if training_args.llm_dtype:
@@ -996,6 +998,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
                 eval_dataset, data_args, processor.tokenizer, eval_base, data_args.max_eval_samples, "eval"
             )
     if data_args.task == "chat" and data_args.prompt_column and isinstance(train_dataset, Dataset):
+        if data_args.prompt_column not in train_dataset.column_names:
+            raise ValueError(
+                f"--prompt_column {data_args.prompt_column!r} is not a column of the training data "
+                f"({', '.join(train_dataset.column_names)})."
+            )
         instructions = Counter(text for text in train_dataset[data_args.prompt_column] if text)
         if instructions:  # the pipeline, CLI and server transcribe with the instruction training used
             processor.transcription_prompt = instructions.most_common(1)[0][0]

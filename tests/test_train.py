@@ -416,6 +416,10 @@ def test_training_saves_the_prompt_columns_instruction_as_the_transcription_prom
                 "--prompt_column", "prompt"])  # fmt: skip
     saved = json.loads((out / "processor_config.json").read_text())
     assert saved["transcription_prompt"] == "Say it again."
+    with pytest.raises(ValueError, match="'instruction' is not a column"):
+        train.main([*args, "--task", "chat", "--text_column", "response", "--prompt_column", "instruction"])
+    with pytest.raises(ValueError, match="--prompt_column is for --task chat"):
+        train.main([*args, "--prompt_column", "prompt"])
 
 
 def test_kl_only_training_reduces_the_kl(backbone_dirs, manifest, tmp_path):
