@@ -975,7 +975,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             "not combine with --lora_rank."
         )
     if data_args.prompt_column and data_args.task != "chat":
-        raise ValueError(f"--prompt_column is for --task chat (the instruction after the audio); got --task {data_args.task}.")
+        raise ValueError(
+            f"--prompt_column is for --task chat (the instruction after the audio); got --task {data_args.task}."
+        )
     if data_args.task == "asr":
         processor.transcription_prompt = data_args.prompt  # the pipeline, CLI and server ask as training did
     if training_args.llm_dtype:

@@ -106,11 +106,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fortunes_dir", default=str(FORTUNES_DIR))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    missing = [name for name, path in (("wordnet-base", args.wordnet_dir), ("fortunes", args.fortunes_dir)) if not Path(path).is_dir()]
+    folders = {"wordnet-base": args.wordnet_dir, "fortunes": args.fortunes_dir}
+    missing = [package for package, folder in folders.items() if not Path(folder).is_dir()]
     if missing:
         sys.stderr.write(f"{', '.join(missing)} not installed: apt-get install {' '.join(missing)}\n")
         return 2
-    sentences = collect([wordnet_examples(Path(args.wordnet_dir)), fortune_sentences(Path(args.fortunes_dir))], args.seed)
+    sources = [wordnet_examples(Path(args.wordnet_dir)), fortune_sentences(Path(args.fortunes_dir))]
+    sentences = collect(sources, args.seed)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(sentences) + "\n")

@@ -36,7 +36,8 @@ def test_sentences_are_cleaned_deduplicated_and_never_the_evaluations(tmp_path):
                 "the world's on tape and one of the reels is missing?", "Set the timer and forget it, said my aunt."]
     wordnet, games = fake_sources(tmp_path, examples, fortunes)
     output = tmp_path / "out" / "sentences.txt"
-    assert make_open_sentences.main(["--output", str(output), "--wordnet_dir", str(wordnet), "--fortunes_dir", str(games)]) == 0
+    folders = ["--wordnet_dir", str(wordnet), "--fortunes_dir", str(games)]
+    assert make_open_sentences.main(["--output", str(output), *folders]) == 0
     sentences = output.read_text().splitlines()
     assert sorted(sentences) == sorted([
         "The ship called in Athens.",
@@ -45,7 +46,7 @@ def test_sentences_are_cleaned_deduplicated_and_never_the_evaluations(tmp_path):
         "Ever get the feeling that the world's on tape and one of the reels is missing?",
     ])  # fmt: skip
     again = tmp_path / "again.txt"
-    make_open_sentences.main(["--output", str(again), "--wordnet_dir", str(wordnet), "--fortunes_dir", str(games)])
+    make_open_sentences.main(["--output", str(again), *folders])
     assert again.read_text() == output.read_text()  # seeded order
 
 

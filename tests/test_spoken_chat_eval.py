@@ -49,7 +49,9 @@ def test_end_to_end_on_a_tiny_model(model, processor, tmp_path):
     assert set(report["tool_calls_spoken"]) == {"parse_rate", "match_rate"} and len(report["examples"]) == 3
 
 
-def test_transcription_wer_asks_each_clip_with_the_saved_prompt_through_the_chat_call(model, processor, tmp_path, monkeypatch):
+def test_transcription_wer_asks_each_clip_with_the_saved_prompt_through_the_chat_call(
+    model, processor, tmp_path, monkeypatch
+):
     import json
 
     import soundfile

@@ -389,11 +389,14 @@ def test_chat_task_prompts_hold_only_the_audio_and_the_teacher_the_typed_transcr
 
 
 def test_prompt_column_mixes_transcription_rows_into_the_chat_task(processor, tmp_path):
-    data_args = train.DataArguments(task="chat", text_column="response", transcript_column="text", prompt_column="prompt")
+    data_args = train.DataArguments(
+        task="chat", text_column="response", transcript_column="text", prompt_column="prompt"
+    )
     collator = train.SteerMoEDataCollator(processor, data_args, str(tmp_path), teacher_inputs=True)
-    repeat = {"text": "the quick brown fox", "response": "the quick brown fox", "prompt": "Repeat the text above exactly."}
+    instruction = "Repeat the text above exactly."
+    repeat = {"text": "the quick brown fox", "response": "the quick brown fox", "prompt": instruction}
     chat = {"text": "the quick brown fox", "response": "a lazy dog", "prompt": ""}
-    assert collator.prompt_for(repeat) == processor.build_prompt("Repeat the text above exactly.")
+    assert collator.prompt_for(repeat) == processor.build_prompt(instruction)
     assert collator.prompt_for(chat) == processor.build_prompt("")
     soundfile.write(tmp_path / "a.wav", speechlike(1.0, seed=0), 16000)
     batch = collator([{**repeat, "audio": "a.wav"}, {**chat, "audio": "a.wav"}])
