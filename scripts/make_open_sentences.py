@@ -13,7 +13,7 @@ Kept: 4-16 words, plain ASCII letters, digits and punctuation; the first letter 
 added where none ends the sentence, so the target's casing does not depend on the source. Dropped: duplicates (on
 lower-cased words), and any sentence that holds both words of a content-word pair of a question or tool request of
 `scripts/spoken_chat_eval.py` ("capital" + "france", "set" + "timer"), so that evaluation never asks what training
-read. Written in a seeded random order, one per line (about 47,000 lines, vocabulary about 34,000 words).
+read. Written in a seeded random order, one per line (about 49,000 lines, vocabulary about 34,000 words).
 
     python scripts/make_open_sentences.py --output data/instruct/sentences.txt
 """
@@ -33,7 +33,7 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 PLAIN = re.compile(r"[A-Za-z0-9 ,.'?!;:-]+")
 STOPWORDS = set(
     "a an the of in on at to for by with from and or is are was were be do does did what which who whom how many "
-    "much my me i you your it its this that some some any like please there".split()
+    "much my me i you your it its this that some any like please there".split()
 )
 
 
@@ -75,7 +75,7 @@ def held_out_pairs() -> list[tuple[str, str]]:
 def clean(text: str) -> str | None:
     """The sentence tidied for use as a transcript, or None if it is not kept."""
     text = " ".join(text.split()).strip(" -;:,")
-    if not 4 <= len(text.split()) <= 16 or not PLAIN.fullmatch(text) or not any(c.isalpha() for c in text[:1]):
+    if not 4 <= len(text.split()) <= 16 or not PLAIN.fullmatch(text) or not text[:1].isalpha():
         return None
     text = text[0].upper() + text[1:]
     return text if text[-1] in ".?!" else text + "."
