@@ -22,6 +22,9 @@ POOLING_TYPES = ("max", "avg", None)
 PROJECTOR_TYPES = ("linear", "mlp")
 
 
+LOSS_COEFFICIENTS = (
+    "ce_loss_coef", "kl_loss_coef", "ctc_loss_coef", "frame_norm_loss_coef", "router_balance_loss_coef"
+)  # fmt: skip
 AUDIO_ENCODER_TYPES = ("whisper", "hubert", "wavlm", "wav2vec2", "wav2vec2-conformer")
 WHISPER_CONV_LAYERS = ((3, 1, 1), (3, 2, 1))
 
@@ -55,16 +58,19 @@ def add_audio_token(tokenizer, audio_token: str) -> int:
     return tokenizer.convert_tokens_to_ids(audio_token)
 
 
-def resolve_audio_token_id(text_model_id: str, revision: str | None, audio_token: str) -> int | None:
-    """The id `add_audio_token` gives `audio_token` in the tokenizer of `text_model_id`; None if it has none."""
+def resolve_token_ids(text_model_id: str, revision: str | None, audio_token: str) -> tuple[int | None, int | None]:
+    """From the tokenizer of `text_model_id`: the id `add_audio_token` gives `audio_token`, and the CTC blank (the
+    token of a single space, else the pad token). `(None, None)` if the LLM has no tokenizer."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(text_model_id, revision=revision)
     except (OSError, ValueError) as error:
         logger.warning("No tokenizer for %s (%s); the audio token id stays unset.", text_model_id, error)
-        return None
-    return add_audio_token(tokenizer, audio_token)
+        return None, None
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    blank = space[0] if len(space) == 1 else tokenizer.pad_token_id
+    return add_audio_token(tokenizer, audio_token), blank
 
 
 class SteerMoEConfig(PreTrainedConfig):
@@ -109,6 +115,36 @@ class SteerMoEConfig(PreTrainedConfig):
             the processor's rule (`add_audio_token`), so it equals `processor.audio_token_id`.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the router and projector init.
 
+        The training loss (`forward` with `labels` and audio) is `ce_loss_coef * llm_loss + kl_loss_coef * kl_loss +
+        ctc_loss_coef * ctc_loss + frame_norm_loss_coef * frame_norm_loss + router_balance_loss_coef *
+        router_balance_loss`; the defaults give the paper's plain LLM cross-entropy. These fields are saved with the
+        adapter, so a reloaded adapter fine-tunes with the recipe it was trained with.
+
+        ce_loss_coef (`float`, *optional*, defaults to 1.0): Weight of the LLM's cross-entropy on the target tokens.
+        ctc_loss_coef (`float`, *optional*, defaults to 0.0): Weight of a CTC loss of the projected audio frames
+            against the transcript's tokens over the LLM's vocabulary (each frame scored against the LLM's input
+            embedding matrix): a direct signal for every frame.
+        ctc_logit_scale (`float`, *optional*, defaults to 0.0): 0: CTC logits are `frames @ embeddings^T`; > 0:
+            cosine similarities times this scale (direction only; pair with `frame_norm_loss_coef`).
+        ctc_blank_token_id (`int`, *optional*): The CTC blank; by default the LLM's single-space token (else its pad
+            token), resolved from the tokenizer of `text_model_id`.
+        frame_norm_loss_coef (`float`, *optional*, defaults to 0.0): Weight of `mean((|frame| / mean |token
+            embedding| - 1)^2)` over the projected audio frames.
+        router_balance_loss_coef (`float`, *optional*, defaults to 0.0): Weight of the Switch-style router
+            load-balancing loss, averaged over steered layers.
+        llm_loss_start_step (`int`, *optional*, defaults to 0): CTC-only warm-up: the first this many training
+            forward passes (optimizer steps times gradient accumulation) train the CTC and auxiliary losses alone and
+            do not run the LLM. Needs `ctc_loss_coef > 0`.
+        target_logits_only (`bool`, *optional*, defaults to `False`): Run the LLM's output layer only where the loss
+            is (the output's `logits` are then `(targets, vocab)`); same loss, less compute.
+        cache_prompt_prefix (`bool`, *optional*, defaults to `False`): Run the frozen LLM once on the prompt text
+            before the first audio placeholder when every row shares it (e.g. a system turn) and reuse its key/value
+            cache in later training forwards; same loss, fewer positions. Not with LLM LoRA.
+        kl_loss_coef (`float`, *optional*, defaults to 0.0): Weight of KL(teacher || student) between next-token
+            distributions at the target positions, the teacher being the frozen LLM (LoRA off) on the same prompt
+            and target with the transcript's tokens where the audio goes (`teacher_input_ids` in `forward`).
+        kl_temperature (`float`, *optional*, defaults to 1.0): Softmax temperature of both KL distributions.
+
     Example:
 
     ```python
@@ -150,14 +186,29 @@ class SteerMoEConfig(PreTrainedConfig):
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
     initializer_range: float = 0.02
+    ce_loss_coef: float = 1.0
+    ctc_loss_coef: float = 0.0
+    ctc_logit_scale: float = 0.0
+    ctc_blank_token_id: int | None = None
+    frame_norm_loss_coef: float = 0.0
+    router_balance_loss_coef: float = 0.0
+    llm_loss_start_step: int = 0
+    target_logits_only: bool = False
+    cache_prompt_prefix: bool = False
+    kl_loss_coef: float = 0.0
+    kl_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):
         if self.audio_config is None and self.audio_model_id is not None:
             self.audio_config = AutoConfig.from_pretrained(self.audio_model_id, revision=self.audio_model_revision)
         if self.text_config is None and self.text_model_id is not None:
             self.text_config = AutoConfig.from_pretrained(self.text_model_id, revision=self.text_model_revision)
-        if self.audio_token_id is None and self.text_model_id is not None:
-            self.audio_token_id = resolve_audio_token_id(self.text_model_id, self.text_model_revision, self.audio_token)
+        if (self.audio_token_id is None or self.ctc_blank_token_id is None) and self.text_model_id is not None:
+            audio_token_id, blank_id = resolve_token_ids(self.text_model_id, self.text_model_revision, self.audio_token)
+            if self.audio_token_id is None:
+                self.audio_token_id = audio_token_id
+            if self.ctc_blank_token_id is None:
+                self.ctc_blank_token_id = blank_id
         if SubConfigSpec is None:
             for key, default_type in self._sub_config_types.items():
                 value = getattr(self, key)
@@ -188,6 +239,30 @@ class SteerMoEConfig(PreTrainedConfig):
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.pooling_type is not None and self.pooling_kernel_size < 1:
             raise ValueError(f"pooling_kernel_size must be >= 1, got {self.pooling_kernel_size}")
+        self.validate_loss()
+
+    def validate_loss(self):
+        """Check the loss fields together (call again after changing them on a built config)."""
+        coefs = {name: getattr(self, name) for name in LOSS_COEFFICIENTS}
+        negative = [name for name, value in coefs.items() if value < 0]
+        if negative:
+            raise ValueError(f"Loss coefficients must be >= 0, got {', '.join(f'{n}={coefs[n]}' for n in negative)}")
+        if not any(coefs.values()):
+            raise ValueError(f"Every loss coefficient is 0: nothing would train ({', '.join(LOSS_COEFFICIENTS)}).")
+        if self.llm_loss_start_step < 0:
+            raise ValueError(f"llm_loss_start_step must be >= 0, got {self.llm_loss_start_step}")
+        if self.llm_loss_start_step > 0 and self.ctc_loss_coef <= 0:
+            raise ValueError(
+                f"llm_loss_start_step={self.llm_loss_start_step} is a CTC-only warm-up and needs ctc_loss_coef > 0: "
+                "without it nothing would train the frames during the warm-up."
+            )
+        if self.cache_prompt_prefix and self.lora_rank:
+            raise ValueError(
+                "cache_prompt_prefix reuses the frozen LLM's keys and values of the prompt; with lora_rank > 0 the "
+                "LLM is trained and they change every step. Turn one of them off."
+            )
+        if self.kl_temperature <= 0:
+            raise ValueError(f"kl_temperature must be > 0, got {self.kl_temperature}")
 
     @property
     def audio_hidden_size(self) -> int:

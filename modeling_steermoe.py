@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -175,9 +182,98 @@ class SteerMoEAligner(nn.Module):
 @dataclass
 class SteerMoECausalLMOutputWithPast(CausalLMOutputWithPast):
     """The LLM's output plus, when asked for, each steered layer's router logits over the real audio frames,
-    a tuple of `num_layers` tensors `(frames, num_experts)`."""
+    a tuple of `num_layers` tensors `(frames, num_experts)`, and, with `labels` and audio, each part of the training
+    loss (scalars, before their coefficients; `None` when not computed): `llm_loss` (cross-entropy on the targets),
+    `kl_loss`, `ctc_loss`, `frame_norm_loss` and `router_balance_loss`. `logits` is `None` during the CTC-only
+    warm-up and `(targets, vocab)` with `target_logits_only`."""
 
     router_logits: tuple[torch.Tensor, ...] | None = None
+    llm_loss: torch.FloatTensor | None = None
+    kl_loss: torch.FloatTensor | None = None
+    ctc_loss: torch.FloatTensor | None = None
+    frame_norm_loss: torch.FloatTensor | None = None
+    router_balance_loss: torch.FloatTensor | None = None
+
+
+LOSS_PARTS = ("llm_loss", "kl_loss", "ctc_loss", "frame_norm_loss", "router_balance_loss")
+_LOSS_COEFFICIENTS = {
+    "llm_loss": "ce_loss_coef", "kl_loss": "kl_loss_coef", "ctc_loss": "ctc_loss_coef",
+    "frame_norm_loss": "frame_norm_loss_coef", "router_balance_loss": "router_balance_loss_coef",
+}  # fmt: skip
+_MAX_PREFIX_CACHES = 8
+
+
+def router_balance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Switch-style load balancing, averaged over layers: `E * sum_k f_k * P_k` with `f_k` the share of frames whose
+    top expert is `k` and `P_k` the mean routing probability; 1 when balanced. `probs`: `(layers, frames, E)`."""
+    experts = probs.shape[-1]
+    top_share = nn.functional.one_hot(probs.argmax(-1), experts).float().mean(dim=1)
+    return experts * (top_share * probs.mean(dim=1)).sum(-1).mean()
+
+
+def ctc_loss_over_vocabulary(
+    frames: torch.Tensor,
+    frame_counts: torch.Tensor,
+    labels: torch.Tensor,
+    embedding_matrix: torch.Tensor,
+    blank_id: int,
+    eos_token_ids: list[int] | None = None,
+    logit_scale: float = 0.0,
+    inverse_row_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CTC loss of each example's audio frames against its transcript tokens, over the LLM's vocabulary.
+
+    Args:
+        frames: `(total_frames, D)`, the projected audio frames of all examples in order (`frame_counts[i]` each).
+        frame_counts: `(batch,)` frames per example.
+        labels: `(batch, len)` the transcript's token ids, -100 where none; a final EOS (`eos_token_ids`) and any
+            `blank_id` are dropped from the targets.
+        embedding_matrix: `(V, D)` the LLM's input embeddings: a frame is pushed toward the embedding of the token
+            it carries. Logits are `frames @ embedding_matrix^T`, or with `logit_scale > 0` `logit_scale *
+            cos(frame, row)` (`inverse_row_norms` `(V,)` are the rows' inverse norms).
+    Returns:
+        The mean over examples of the loss per target token (torch's "mean" reduction); examples whose transcript
+        cannot fit their frames give 0 (`zero_infinity`).
+    """
+    dtype = embedding_matrix.dtype
+    if logit_scale > 0:
+        frames = nn.functional.normalize(frames.float(), dim=-1).to(dtype)
+        logits = (frames @ embedding_matrix.t()).float() * (inverse_row_norms * logit_scale)
+    else:
+        logits = (frames.to(dtype) @ embedding_matrix.t()).float()
+    per_example = nn.utils.rnn.pad_sequence(list(logits.log_softmax(-1).split(frame_counts.tolist())))
+    targets, target_lengths = [], []
+    eos = torch.tensor(eos_token_ids or [], device=labels.device)
+    for row in labels:
+        tokens = row[row != -100]
+        if len(tokens) and bool(torch.isin(tokens[-1], eos)):
+            tokens = tokens[:-1]
+        tokens = tokens[tokens != blank_id]
+        targets.append(tokens)
+        target_lengths.append(len(tokens))
+    return nn.functional.ctc_loss(
+        per_example,
+        torch.cat(targets).to(per_example.device),
+        frame_counts.to(per_example.device),
+        torch.tensor(target_lengths, device=per_example.device),
+        blank=blank_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+
+
+def frame_norm_loss(frames: torch.Tensor, target_norm: float) -> torch.Tensor:
+    """`mean((|frame| / target_norm - 1)^2)` over `frames` `(num_frames, D)`: keeps the projected frames at the
+    token embeddings' mean norm, where the LLM reads them."""
+    return ((frames.float().norm(dim=-1) / target_norm - 1) ** 2).mean()
+
+
+def distillation_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """KL(teacher || student) between the next-token distributions `softmax(logits / temperature)`, summed over
+    the vocabulary and averaged over positions (not rescaled by the temperature). Logits: `(positions, vocab)`."""
+    student = (student_logits.float() / temperature).log_softmax(-1)
+    teacher = (teacher_logits.float() / temperature).log_softmax(-1)
+    return nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
 
 class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -217,6 +313,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.freeze_backbones()
         self.generation_config = _asr_generation_config(self.language_model.generation_config)
         self.gradient_checkpointing = False
+        self.recipe_step = 0  # training forwards with labels and audio so far (`llm_loss_start_step`)
         self._keys_to_ignore_on_save = {key for key in self.state_dict() if not _is_adapter_key(key)}
 
     @staticmethod
@@ -461,6 +558,10 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_router_logits: bool = False,
+        transcript_labels: torch.LongTensor | None = None,
+        teacher_input_ids: torch.LongTensor | None = None,
+        teacher_attention_mask: torch.Tensor | None = None,
+        teacher_labels: torch.LongTensor | None = None,
         **kwargs,
     ):
         r"""
@@ -472,10 +573,62 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 features; the windows of all clips in batch order. Without them this is the plain LLM.
             feature_attention_mask (`torch.Tensor` of shape `(windows, frames)`, *optional*): 1 on real frames.
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): Target ids, -100 where no loss.
+                With audio, the loss is the config's recipe (see [`SteerMoEConfig`]): the LLM's cross-entropy plus
+                the CTC, frame-norm, router-balance and KL terms whose coefficients are set.
             output_router_logits (`bool`, *optional*): Also return each layer's router logits on the audio frames.
+            transcript_labels (`torch.LongTensor` of shape `(batch, transcript_len)`, *optional*): The CTC targets,
+                the transcripts' token ids (-100 padded), when the target in `labels` is not the transcript (spoken
+                chat); `labels` by default.
+            teacher_input_ids (`torch.LongTensor` of shape `(batch, teacher_len)`, *optional*): The KL teacher's
+                input (same prompt and target, the transcript's tokens where the audio goes), with
+                `teacher_attention_mask` and `teacher_labels` of the same shape; needed when `kl_loss_coef > 0`.
         Returns:
-            [`SteerMoECausalLMOutputWithPast`]: the LLM's output (loss is its shifted cross-entropy over `labels`).
+            [`SteerMoECausalLMOutputWithPast`]: the LLM's output, `loss` the weighted sum of the loss parts, which
+            are returned too (for logging).
         """
+        if input_features is None or labels is None or inputs_embeds is not None:
+            return self._llm_forward(
+                input_ids, attention_mask, input_features, feature_attention_mask, labels, inputs_embeds,
+                output_router_logits, **kwargs,
+            )  # fmt: skip
+        config = self.config
+        config.validate_loss()
+        need_router_logits = output_router_logits or config.router_balance_loss_coef > 0
+        inputs_embeds, router_logits = self._merge_audio_into_embeddings(
+            input_ids, input_features, feature_attention_mask, need_router_logits
+        )
+        parts, outputs = {}, {}
+        if self._llm_loss_this_step():
+            prefix = self._prompt_prefix_cache(input_ids)
+            logits, outputs = self._target_logits(inputs_embeds, attention_mask, labels, prefix, **kwargs)
+            targets = labels[:, 1:][labels[:, 1:] != -100].to(logits.device)
+            parts["llm_loss"] = nn.functional.cross_entropy(logits.float(), targets)
+            outputs["logits"] = outputs.get("logits", logits)
+            if config.kl_loss_coef > 0:
+                teacher = self._teacher_logits(input_ids, teacher_input_ids, teacher_attention_mask, teacher_labels)
+                parts["kl_loss"] = distillation_kl_loss(logits, teacher, config.kl_temperature)
+        placeholder_mask = self.get_placeholder_mask(input_ids)
+        frames = inputs_embeds[placeholder_mask]
+        if config.ctc_loss_coef > 0:
+            parts["ctc_loss"] = self._ctc_loss(frames, placeholder_mask.sum(1), transcript_labels, labels)
+        if config.frame_norm_loss_coef > 0:
+            parts["frame_norm_loss"] = frame_norm_loss(frames, self._embedding_row_norms()[1])
+        if config.router_balance_loss_coef > 0 and router_logits:
+            probs = torch.stack([logits.float().softmax(-1) for logits in router_logits])
+            parts["router_balance_loss"] = router_balance_loss(probs)
+        loss = sum(getattr(config, _LOSS_COEFFICIENTS[name]) * value for name, value in parts.items())
+        if "llm_loss" not in parts:  # the LLM's LoRA takes no part in the warm-up: keep it in the graph for DDP
+            loss = loss + sum(param.sum() for param in self._llm_lora_parameters()) * 0.0
+        return SteerMoECausalLMOutputWithPast(
+            loss=loss, **outputs, router_logits=router_logits if output_router_logits else None, **parts
+        )
+
+    def _llm_forward(
+        self, input_ids, attention_mask, input_features, feature_attention_mask, labels, inputs_embeds,
+        output_router_logits, **kwargs,
+    ):  # fmt: skip
+        """The LLM on the prompt with the audio merged in (or on text alone, exactly the base LLM); its loss is its
+        own shifted cross-entropy over `labels`."""
         router_logits = None
         text_only = input_features is None
         if not text_only and inputs_embeds is None:
@@ -488,6 +641,112 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
             )
         return SteerMoECausalLMOutputWithPast(**outputs, router_logits=router_logits)
+
+    def _llm_loss_this_step(self) -> bool:
+        """Whether this forward runs the LLM: always outside training; in training, from the
+        `llm_loss_start_step`-th training forward on (`recipe_step` counts them, the same on every rank)."""
+        if not self.training:
+            return True
+        run = self.recipe_step >= self.config.llm_loss_start_step
+        self.recipe_step += 1
+        return run
+
+    def _llm_lora_parameters(self):
+        return [param for layer in self._llm_lora_layers for param in layer.parameters() if param.requires_grad]
+
+    def _target_logits(self, inputs_embeds, attention_mask, labels, prefix=(None, 0), **kwargs):
+        """The LLM's next-token logits `(targets, vocab)` at the positions that predict a labelled token, and the
+        LLM's other outputs. `prefix` is `(key/value cache, length)` of the rows' shared prompt prefix
+        (`_prompt_prefix_cache`): the LLM then runs on the rest only. With `target_logits_only` the output layer
+        runs on the target positions only."""
+        llm = self.language_model
+        past, start = prefix
+        positions = labels[:, start + 1 :] != -100
+        if past is None and not self.config.target_logits_only:
+            outputs = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            return outputs.logits[:, :-1][positions.to(outputs.logits.device)], dict(outputs)
+        hidden = llm.base_model(
+            inputs_embeds=inputs_embeds[:, start:], attention_mask=attention_mask, past_key_values=past,
+            use_cache=past is not None,
+        ).last_hidden_state  # fmt: skip
+        return llm.get_output_embeddings()(hidden[:, :-1][positions.to(hidden.device)]), {}
+
+    def _teacher_logits(self, input_ids, teacher_input_ids, teacher_attention_mask, teacher_labels):
+        """The KL teacher's logits `(targets, vocab)`, without gradients: the frozen LLM (LoRA off) on
+        `teacher_input_ids` (the transcript's tokens where the audio goes, same prompt and target), at the positions
+        that predict `teacher_labels`. The student's cached prompt prefix is reused when the teacher rows begin with
+        it."""
+        if teacher_input_ids is None or teacher_labels is None:
+            raise ValueError(
+                "kl_loss_coef > 0 needs the teacher's inputs: teacher_input_ids, teacher_attention_mask and "
+                "teacher_labels (train.py's SteerMoEDataCollator writes them with teacher_inputs=True)."
+            )
+        with torch.no_grad(), self._llm_lora_enabled(False):
+            teacher_embeds = self.get_input_embeddings()(teacher_input_ids)
+            prefix = self._prompt_prefix_cache(input_ids)  # a fresh cache: the student's has grown
+            if prefix[0] is not None and not torch.equal(teacher_input_ids[:, : prefix[1]], input_ids[:, : prefix[1]]):
+                prefix = (None, 0)
+            logits, _ = self._target_logits(teacher_embeds, teacher_attention_mask, teacher_labels, prefix)
+        return logits
+
+    def _prompt_prefix_cache(self, input_ids):
+        """`(DynamicCache, prefix length)` for the rows' shared prompt prefix (the tokens before the first audio
+        placeholder, identical in every row), computed once per distinct prefix, dtype and device without
+        gradients; `(None, 0)` when `cache_prompt_prefix` is off or the rows share no prefix."""
+        if not self.config.cache_prompt_prefix or input_ids is None:
+            return None, 0
+        is_audio = self.get_placeholder_mask(input_ids)
+        if not bool(is_audio.any(dim=1).all()):
+            return None, 0
+        start = int(is_audio.int().argmax(dim=1).min())
+        prefix = input_ids[0, :start]
+        if start == 0 or not bool((input_ids[:, :start] == prefix).all()):
+            return None, 0
+        embeddings = self.get_input_embeddings().weight
+        key = (tuple(prefix.tolist()), embeddings.dtype, embeddings.device)
+        caches = self.__dict__.setdefault("_prefix_caches", {})
+        if key not in caches:
+            with torch.no_grad():
+                past = self.language_model.base_model(
+                    inputs_embeds=self.get_input_embeddings()(prefix[None]), use_cache=True
+                ).past_key_values
+            if len(caches) >= _MAX_PREFIX_CACHES:
+                caches.pop(next(iter(caches)))
+            caches[key] = [(layer.keys, layer.values) for layer in past.layers]
+        past = DynamicCache()
+        for index, (keys, values) in enumerate(caches[key]):
+            past.update(keys.expand(len(input_ids), -1, -1, -1), values.expand(len(input_ids), -1, -1, -1), index)
+        return past, start
+
+    def _embedding_row_norms(self) -> tuple[torch.Tensor, float]:
+        """The inverse norms `(V,)` of the LLM's input embedding rows and their mean norm, computed once per
+        embedding matrix (the LLM is frozen)."""
+        weight = self.get_input_embeddings().weight
+        key = (weight.data_ptr(), weight.dtype, weight.device)
+        cached = self.__dict__.get("_row_norms")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                norms = weight.float().norm(dim=-1)
+            cached = self.__dict__["_row_norms"] = (key, norms.reciprocal(), float(norms.mean()))
+        return cached[1], cached[2]
+
+    def _ctc_loss(self, frames, frame_counts, transcript_labels, labels):
+        """`ctc_loss_over_vocabulary` of the frames against `transcript_labels` (else `labels`), over the LLM's
+        input embeddings (in bf16 when the LLM is, else fp32), blank `ctc_blank_token_id`."""
+        blank = self.config.ctc_blank_token_id
+        if blank is None:
+            raise ValueError(
+                "ctc_loss_coef > 0 needs the CTC blank token: set config.ctc_blank_token_id (e.g. the id of the LLM "
+                "tokenizer's single-space token); it is resolved automatically when the LLM is given by id."
+            )
+        weight = self.get_input_embeddings().weight.detach()
+        weight = weight if weight.dtype == torch.bfloat16 else weight.float()
+        eos = self.generation_config.eos_token_id
+        return ctc_loss_over_vocabulary(
+            frames, frame_counts, labels if transcript_labels is None else transcript_labels, weight, blank,
+            eos if isinstance(eos, list) else [eos] if eos is not None else [], self.config.ctc_logit_scale,
+            self._embedding_row_norms()[0],
+        )  # fmt: skip
 
     @contextlib.contextmanager
     def _llm_lora_enabled(self, enabled: bool):

@@ -27,7 +27,6 @@ from datasets import Audio, Dataset, IterableDataset, load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    DynamicCache,
     HfArgumentParser,
     Seq2SeqTrainingArguments,
     Trainer,
@@ -39,11 +38,11 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 try:
     from .configuration_steermoe import SteerMoEConfig
-    from .modeling_steermoe import SteerMoEForConditionalGeneration
+    from .modeling_steermoe import LOSS_PARTS, SteerMoEForConditionalGeneration
     from .processing_steermoe import SteerMoEProcessor, load_audio
 except ImportError:
     from configuration_steermoe import SteerMoEConfig
-    from modeling_steermoe import SteerMoEForConditionalGeneration
+    from modeling_steermoe import LOSS_PARTS, SteerMoEForConditionalGeneration
     from processing_steermoe import SteerMoEProcessor, load_audio
 
 try:
@@ -61,9 +60,13 @@ PROJECTOR_PARAMETERS = ("aligner.projector",)
 RECORDED_TRAINING_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
     "steering_learning_rate", "learning_rate", "projector_learning_rate", "lr_scheduler_type", "warmup_steps",
-    "router_balance_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "frame_norm_loss_coef", "llm_loss_start_step",
-    "target_logits_only", "cache_prompt_prefix", "ce_loss_coef", "kl_loss_coef", "kl_temperature", "llm_dtype",
-    "bf16", "seed",
+    "llm_dtype", "bf16", "seed",
+)  # fmt: skip
+# ModelArguments that set the SteerMoEConfig's training-loss fields (None keeps the config's value).
+LOSS_CONFIG_ARGS = (
+    "ce_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "ctc_blank_token_id", "frame_norm_loss_coef",
+    "router_balance_loss_coef", "llm_loss_start_step", "target_logits_only", "cache_prompt_prefix", "kl_loss_coef",
+    "kl_temperature",
 )  # fmt: skip
 
 
@@ -91,6 +94,66 @@ class ModelArguments:
     projector_type: str = field(default="linear", metadata={"help": "linear or mlp."})
     backbone_dtype: str = field(
         default="auto", metadata={"help": "dtype of the frozen backbones: auto, float32, bfloat16 or float16."}
+    )
+    # The training loss: SteerMoEConfig fields, saved with the adapter. None keeps the config's default (the paper's
+    # plain LLM cross-entropy) or, with --adapter, the value the adapter was trained with.
+    ce_loss_coef: float | None = field(
+        default=None, metadata={"help": "Weight of the LLM's cross-entropy on the target tokens (llm_loss)."}
+    )
+    ctc_loss_coef: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of an auxiliary CTC loss over the LLM's vocabulary on the projected audio frames (logits = "
+            "frames @ input-embedding matrix^T, targets = the transcript's token ids): a direct signal for every "
+            "frame. 0 (default) trains with the LLM's loss alone, as the paper does."
+        },
+    )
+    ctc_logit_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "0: CTC logits are frames @ embeddings^T (this pushes frame norms far above the token embeddings'); "
+            "> 0: cosine logits times this scale (direction only), with --frame_norm_loss_coef keeping the norms near "
+            "the embeddings' mean norm."
+        },
+    )
+    ctc_blank_token_id: int | None = field(
+        default=None, metadata={"help": "The CTC blank (default: the LLM's single-space token, else its pad token)."}
+    )
+    frame_norm_loss_coef: float | None = field(
+        default=None,
+        metadata={"help": "Weight of mean((|frame| / mean |token embedding| - 1)^2) on the projected audio frames."},
+    )
+    router_balance_loss_coef: float | None = field(default=None, metadata={"help": "Router load-balancing loss weight."})
+    llm_loss_start_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "CTC-only warm-up: the first this many training forward passes (optimizer steps times gradient "
+            "accumulation) train the CTC (and auxiliary) losses alone without running the LLM (cheap steps); needs "
+            "--ctc_loss_coef > 0."
+        },
+    )
+    target_logits_only: bool | None = field(
+        default=None,
+        metadata={"help": "Compute the LLM's output logits only at target positions (same loss, less compute)."},
+    )
+    cache_prompt_prefix: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run the frozen LLM once on the prompt text before the first audio token (the same for every "
+            "example, e.g. the chat template's system turn) and reuse its key/value cache in every training step: "
+            "same loss, fewer positions in each forward and backward."
+        },
+    )
+    kl_loss_coef: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of KL(teacher || student) over the next-token distributions at the target positions "
+            "(kl_loss), the teacher being the same frozen LLM given the transcript's own tokens where the audio goes "
+            "(same prompt and target; Ultravox's distillation). KL alone: --ce_loss_coef 0 --kl_loss_coef 1."
+        },
+    )
+    kl_temperature: float | None = field(
+        default=None, metadata={"help": "Softmax temperature of both distributions in the KL loss (not rescaled)."}
     )
 
 
@@ -156,66 +219,8 @@ class SteerMoETrainingArguments(Seq2SeqTrainingArguments):
         default=1e-2, metadata={"help": "Learning rate of the steering vectors and layer scales."}
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the router and projector."})
-    router_balance_loss_coef: float = field(default=0.0, metadata={"help": "Router load-balancing loss weight."})
     projector_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate)."}
-    )
-    ctc_loss_coef: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of an auxiliary CTC loss over the LLM's vocabulary on the projected audio frames (logits = "
-            "frames @ input-embedding matrix^T, targets = the transcript's token ids): a direct signal for every "
-            "frame. 0 (default) trains with the LLM's loss alone, as the paper does."
-        },
-    )
-    ctc_logit_scale: float = field(
-        default=0.0,
-        metadata={
-            "help": "0: CTC logits are frames @ embeddings^T (this pushes frame norms far above the token embeddings'); "
-            "> 0: cosine logits times this scale (direction only), with --frame_norm_loss_coef keeping the norms near "
-            "the embeddings' mean norm."
-        },
-    )
-    frame_norm_loss_coef: float = field(
-        default=0.0,
-        metadata={"help": "Weight of mean((|frame| / mean |token embedding| - 1)^2) on the projected audio frames."},
-    )
-    ctc_blank_token: str = field(
-        default=" ",
-        metadata={"help": "Text of the LLM token used as the CTC blank (a single space by default; pad if not one token)."},
-    )
-    llm_loss_start_step: int = field(
-        default=0,
-        metadata={
-            "help": "Before this step only the CTC (and balance) loss trains and the LLM is not run (cheap steps); "
-            "needs --ctc_loss_coef > 0."
-        },
-    )
-    target_logits_only: bool = field(
-        default=False,
-        metadata={"help": "Compute the LLM's output logits only at target positions (same loss, less compute)."},
-    )
-    cache_prompt_prefix: bool = field(
-        default=False,
-        metadata={
-            "help": "Run the frozen LLM once on the prompt text before the first audio token (the same for every "
-            "example, e.g. the chat template's system turn) and reuse its key/value cache in every training step: "
-            "same loss, fewer positions in each forward and backward."
-        },
-    )
-    ce_loss_coef: float = field(
-        default=1.0, metadata={"help": "Weight of the LLM's cross-entropy on the target tokens (llm_loss)."}
-    )
-    kl_loss_coef: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of KL(teacher || student) over the next-token distributions at the target positions "
-            "(kl_loss), the teacher being the same frozen LLM given the transcript's own tokens where the audio goes "
-            "(same prompt and target; Ultravox's distillation). KL alone: --ce_loss_coef 0 --kl_loss_coef 1."
-        },
-    )
-    kl_temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature of both distributions in the KL loss (not rescaled)."}
     )
     llm_dtype: str | None = field(
         default=None, metadata={"help": "Cast the frozen LLM to this dtype after loading (e.g. bfloat16 on AMX CPUs)."}
@@ -494,9 +499,19 @@ class SeedableLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+class RecipeStepCallback(TrainerCallback):
+    """At the start of training (and on resume), sets the model's count of training forwards, which times the
+    CTC-only warm-up (`llm_loss_start_step`), from the steps already done."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            model.recipe_step = state.global_step * args.gradient_accumulation_steps
+
+
 class SteerMoETrainer(Trainer):
-    """`Trainer` with the aligner's two learning rates, an optional router load-balancing loss, steering
-    diagnostics in the logs, and evaluation by generation scored with WER/CER."""
+    """`Trainer` with what the stock one cannot do: the aligner's learning rates as parameter groups, the loss
+    parts and steering diagnostics in the logs, and evaluation by generation scored with WER/CER. The loss is the
+    model's own (`SteerMoEConfig`'s recipe)."""
 
     def __init__(self, *args, eval_collator=None, language="en", **kwargs):
         super().__init__(*args, **kwargs)
@@ -505,9 +520,8 @@ class SteerMoETrainer(Trainer):
         self.metric = evaluate.load(METRIC_PATH)
         self._usage = None
         self._usage_total = None
-        self._aux_loss = []
         self._loss_parts = {}
-        self._prefix_caches = {}
+        self.add_callback(RecipeStepCallback())
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -541,148 +555,19 @@ class SteerMoETrainer(Trainer):
             self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
-    def _uses_split_loss(self, model) -> bool:
-        args = self.args
-        wanted = (
-            args.ctc_loss_coef > 0 or args.target_logits_only or args.llm_loss_start_step > 0
-            or args.frame_norm_loss_coef > 0 or args.cache_prompt_prefix or args.kl_loss_coef > 0
-            or args.ce_loss_coef != 1.0
-        )  # fmt: skip
-        return wanted and not self.accelerator.unwrap_model(model)._llm_lora_layers
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self._uses_split_loss(model) and not return_outputs and "input_features" in inputs:
-            loss, router_logits = self._split_loss(model, inputs)
-            outputs = None
-        else:
-            outputs = model(**inputs, output_router_logits=True)
-            loss, router_logits = outputs.loss, outputs.router_logits
-        if router_logits:
-            probs = torch.stack([logits.float().softmax(-1) for logits in router_logits])
-            usage = probs.mean(dim=1).detach()
+        """The model's own loss (its config's recipe, through the DDP/FSDP wrapper's forward); its parts and the
+        router usage are kept for the logs."""
+        outputs = model(**inputs, output_router_logits=True)
+        for name in LOSS_PARTS:
+            value = getattr(outputs, name, None)
+            if value is not None:
+                self._loss_parts.setdefault(name, []).append(value.detach())
+        if outputs.router_logits:
+            usage = torch.stack([logits.detach().float().softmax(-1).mean(0) for logits in outputs.router_logits])
             self._usage = usage if self._usage is None else self._usage + usage
             self._usage_total = usage if self._usage_total is None else self._usage_total + usage
-            if self.args.router_balance_loss_coef > 0:
-                aux_loss = router_balance_loss(probs)
-                self._aux_loss.append(aux_loss.detach())
-                loss = loss + self.args.router_balance_loss_coef * aux_loss
-        return (loss, outputs) if return_outputs else loss
-
-    def _split_loss(self, model, inputs):
-        """The recipe's loss computed piece by piece: the audio frames are merged into the prompt embeddings once,
-        then `--ce_loss_coef` times the LLM's cross-entropy on the targets (logits at target positions only with
-        `--target_logits_only`) plus `--kl_loss_coef` times KL(teacher || student) at those positions (both skipped
-        before `--llm_loss_start_step`), plus `--ctc_loss_coef` times a CTC loss of the projected frames over the
-        LLM's vocabulary. Single-process recipe option (the DDP wrapper's forward is bypassed)."""
-        core = self.accelerator.unwrap_model(model)
-        args = self.args
-        input_ids, labels = inputs["input_ids"], inputs["labels"]
-        inputs_embeds, router_logits = core._merge_audio_into_embeddings(
-            input_ids, inputs["input_features"], inputs.get("feature_attention_mask"), output_router_logits=True
-        )
-        loss = inputs_embeds.new_zeros((), dtype=torch.float32)
-        if self.state.global_step >= args.llm_loss_start_step or args.ctc_loss_coef <= 0:
-            prefix = self._prompt_prefix_cache(core, input_ids, inputs_embeds)
-            logits, targets = self._llm_target_logits(core, inputs_embeds, inputs["attention_mask"], labels, prefix)
-            llm_loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            self._loss_parts.setdefault("llm_loss", []).append(llm_loss.detach())
-            loss = loss + args.ce_loss_coef * llm_loss
-            if args.kl_loss_coef > 0:
-                teacher_logits = self._teacher_target_logits(core, inputs, input_ids, inputs_embeds)
-                kl = distillation_kl_loss(logits, teacher_logits, args.kl_temperature)
-                self._loss_parts.setdefault("kl_loss", []).append(kl.detach())
-                loss = loss + args.kl_loss_coef * kl
-        if args.ctc_loss_coef > 0:
-            placeholder_mask = core.get_placeholder_mask(input_ids)
-            ctc = ctc_loss_over_vocabulary(
-                inputs_embeds, placeholder_mask, inputs.get("transcript_labels", labels),
-                self._ctc_embedding_matrix(core), self._ctc_blank_id(core),
-                self.processing_class.tokenizer.eos_token_id, args.ctc_logit_scale,
-            )
-            self._loss_parts.setdefault("ctc_loss", []).append(ctc.detach())
-            loss = loss + args.ctc_loss_coef * ctc
-        if args.frame_norm_loss_coef > 0:
-            self._ctc_embedding_matrix(core)
-            norms = inputs_embeds[core.get_placeholder_mask(input_ids)].float().norm(dim=-1)
-            norm_loss = ((norms / self._mean_embedding_norm - 1) ** 2).mean()
-            self._loss_parts.setdefault("frame_norm_loss", []).append(norm_loss.detach())
-            loss = loss + args.frame_norm_loss_coef * norm_loss
-        return loss, router_logits
-
-    def _llm_target_logits(self, core, inputs_embeds, attention_mask, labels, prefix=(None, 0)):
-        """The LLM's next-token logits `(targets, vocab)` at the positions that predict a labelled token, and those
-        tokens `(targets,)`, for `(batch, sequence)` inputs. `prefix` is `(key/value cache, length)` of the shared
-        prompt text (`_prompt_prefix_cache`): the LLM then runs on the rest only. With `--target_logits_only` the
-        output layer runs on the target positions only."""
-        llm = core.language_model
-        past, start = prefix
-        shift_labels = labels[:, start + 1 :]
-        positions = shift_labels != -100
-        if past is None and not self.args.target_logits_only:
-            logits = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits[:, :-1][positions]
-        else:
-            hidden = llm.base_model(
-                inputs_embeds=inputs_embeds[:, start:], attention_mask=attention_mask, past_key_values=past,
-                use_cache=past is not None,
-            ).last_hidden_state  # fmt: skip
-            logits = llm.get_output_embeddings()(hidden[:, :-1][positions])
-        return logits, shift_labels[positions]
-
-    def _teacher_target_logits(self, core, inputs, input_ids, inputs_embeds):
-        """The KL teacher's logits `(targets, vocab)`, without gradients: the frozen LLM on the batch's
-        `teacher_input_ids` (the transcript's tokens where the audio goes, same prompt and target), at its target
-        positions. The student's cached prompt prefix is reused when the teacher's rows begin with it."""
-        teacher_ids, teacher_labels = inputs["teacher_input_ids"], inputs["teacher_labels"]
-        with torch.no_grad():
-            past, start = self._prompt_prefix_cache(core, input_ids, inputs_embeds)
-            if past is not None and not torch.equal(teacher_ids[:, :start], input_ids[:, :start]):
-                past, start = None, 0
-            teacher_embeds = core.get_input_embeddings()(teacher_ids)
-            logits, _ = self._llm_target_logits(
-                core, teacher_embeds, inputs["teacher_attention_mask"], teacher_labels, (past, start)
-            )
-        return logits
-
-    def _prompt_prefix_cache(self, core, input_ids, inputs_embeds):
-        """`(DynamicCache, prefix length)` for the batch's shared prompt prefix (the tokens before the first audio
-        token, identical in every row), computed once per distinct prefix without gradients; `(None, 0)` when
-        `--cache_prompt_prefix` is off or the rows do not share a prefix."""
-        if not self.args.cache_prompt_prefix:
-            return None, 0
-        is_audio = input_ids == core.config.audio_token_id
-        if not bool(is_audio.any(dim=1).all()):
-            return None, 0
-        start = int(is_audio.int().argmax(dim=1).min())
-        prefix = input_ids[0, :start]
-        if start == 0 or not bool((input_ids[:, :start] == prefix).all()):
-            return None, 0
-        key = tuple(prefix.tolist())
-        cached = self._prefix_caches.get(key)
-        if cached is None:
-            with torch.no_grad():
-                past = core.language_model.base_model(inputs_embeds=inputs_embeds[:1, :start].detach(), use_cache=True).past_key_values
-            cached = self._prefix_caches[key] = [(layer.keys, layer.values) for layer in past.layers]
-        past = DynamicCache()
-        for index, (keys, values) in enumerate(cached):
-            past.update(keys.expand(len(input_ids), -1, -1, -1), values.expand(len(input_ids), -1, -1, -1), index)
-        return past, start
-
-    def _ctc_embedding_matrix(self, core) -> torch.Tensor:
-        if getattr(self, "_ctc_embeddings", None) is None:
-            weight = core.get_input_embeddings().weight.detach()
-            self._mean_embedding_norm = float(weight.float().norm(dim=-1).mean())
-            if self.args.ctc_logit_scale > 0:
-                weight = torch.nn.functional.normalize(weight.float(), dim=-1).to(weight.dtype)
-            self._ctc_embeddings = weight if weight.dtype == torch.bfloat16 else weight.float()
-        return self._ctc_embeddings
-
-    def _ctc_blank_id(self, core) -> int:
-        if getattr(self, "_ctc_blank", None) is None:
-            tokenizer = self.processing_class.tokenizer
-            ids = tokenizer(self.args.ctc_blank_token, add_special_tokens=False)["input_ids"]
-            fallback = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            self._ctc_blank = ids[0] if len(ids) == 1 else fallback
-        return self._ctc_blank
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -707,9 +592,6 @@ class SteerMoETrainer(Trainer):
                 logs[f"steer/usage_entropy_l{layer}"] = round(value, 4)
                 logs[f"steer/top_expert_l{layer}"] = top
             self._usage = None
-        if self._aux_loss:
-            logs["router_balance_loss"] = round(float(torch.stack(self._aux_loss).mean()), 4)
-            self._aux_loss = []
         for name, values in self._loss_parts.items():
             if values:
                 logs[name] = round(float(torch.stack(values).mean()), 4)
@@ -840,63 +722,6 @@ class SteerMoETrainer(Trainer):
         return metrics
 
 
-def router_balance_loss(probs: torch.Tensor) -> torch.Tensor:
-    """Switch-style load balancing, averaged over layers: `E * sum_k f_k * P_k` with `f_k` the share of frames whose
-    top expert is `k` and `P_k` the mean routing probability; 1 when balanced. `probs`: `(layers, frames, E)`."""
-    experts = probs.shape[-1]
-    top_share = torch.nn.functional.one_hot(probs.argmax(-1), experts).float().mean(dim=1)
-    return experts * (top_share * probs.mean(dim=1)).sum(-1).mean()
-
-
-def ctc_loss_over_vocabulary(
-    inputs_embeds: torch.Tensor,
-    placeholder_mask: torch.Tensor,
-    labels: torch.Tensor,
-    embedding_matrix: torch.Tensor,
-    blank_id: int,
-    eos_token_id: int | None = None,
-    logit_scale: float = 0.0,
-) -> torch.Tensor:
-    """CTC loss of each example's audio frames against its transcript tokens, over the LLM's vocabulary.
-
-    The frames are the example's audio placeholder positions in `inputs_embeds` `(batch, seq, D)` (in order, all
-    windows); their logits are `frames @ embedding_matrix^T` (the LLM's input embeddings, `(V, D)`), so a frame is
-    pushed toward the embedding of the token it carries (with `logit_scale > 0`: `logit_scale * cos(frame, row)`, rows
-    of `embedding_matrix` already unit-norm). Targets are the labelled tokens (`labels != -100`) less a
-    final `eos_token_id` and any `blank_id`. Mean over examples of the loss per target token (torch's "mean")."""
-    counts = placeholder_mask.sum(1)
-    frames = inputs_embeds[placeholder_mask].to(embedding_matrix.dtype)  # bf16 matmul when the LLM is bf16
-    if logit_scale > 0:  # cosine logits: `embedding_matrix` is expected unit-norm (see `_ctc_embedding_matrix`)
-        frames = torch.nn.functional.normalize(frames.float(), dim=-1).to(embedding_matrix.dtype) * logit_scale
-    log_probs = (frames @ embedding_matrix.t()).float().log_softmax(-1)
-    per_example = torch.nn.utils.rnn.pad_sequence(list(log_probs.split(counts.tolist())), batch_first=False)
-    targets, target_lengths = [], []
-    for row in labels:
-        tokens = row[row != -100]
-        if eos_token_id is not None and len(tokens) and tokens[-1] == eos_token_id:
-            tokens = tokens[:-1]
-        tokens = tokens[tokens != blank_id]
-        targets.append(tokens)
-        target_lengths.append(len(tokens))
-    return torch.nn.functional.ctc_loss(
-        per_example,
-        torch.cat(targets).to(per_example.device),
-        counts.to(per_example.device),
-        torch.tensor(target_lengths, device=per_example.device),
-        blank=blank_id,
-        reduction="mean",
-        zero_infinity=True,
-    )
-
-
-def distillation_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
-    """KL(teacher || student) between the next-token distributions `softmax(logits / temperature)`, summed over
-    the vocabulary and averaged over positions (not rescaled by the temperature). Logits: `(positions, vocab)`."""
-    student = (student_logits.float() / temperature).log_softmax(-1)
-    teacher = (teacher_logits.float() / temperature).log_softmax(-1)
-    return torch.nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
-
-
 def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets: list[str] | None = None) -> dict:
     """Text-only inputs for the ORACLE: each prompt with its audio token replaced by the transcript's own tokens
     (the transcript's token embeddings where the audio frames would go).
@@ -931,8 +756,11 @@ def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets
 
 def build_model_and_processor(model_args: ModelArguments):
     dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
+    loss_fields = {key: getattr(model_args, key) for key in LOSS_CONFIG_ARGS if getattr(model_args, key) is not None}
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
+        model.config.update(loss_fields)
+        model.config.validate_loss()
         return model, SteerMoEProcessor.from_pretrained(model_args.adapter, trust_remote_code=True)
     pooling_type = None if model_args.pooling_type in ("none", "") else model_args.pooling_type
     config = SteerMoEConfig(
@@ -951,6 +779,7 @@ def build_model_and_processor(model_args: ModelArguments):
         pooling_type=pooling_type,
         pooling_kernel_size=model_args.pooling_kernel_size,
         projector_type=model_args.projector_type,
+        **loss_fields,
     )
     return SteerMoEForConditionalGeneration(config, dtype=dtype), SteerMoEProcessor.from_config(config)
 
@@ -965,15 +794,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args)
+    config = model.config
     if data_args.task == "chat" and data_args.transcript_column is None and (
-        training_args.kl_loss_coef > 0 or training_args.ctc_loss_coef > 0
+        config.kl_loss_coef > 0 or config.ctc_loss_coef > 0
     ):
         raise ValueError("--task chat with --kl_loss_coef or --ctc_loss_coef needs --transcript_column (the question).")
-    if (training_args.kl_loss_coef > 0 or training_args.ce_loss_coef != 1.0) and model._llm_lora_layers:
-        raise ValueError(
-            "--kl_loss_coef and --ce_loss_coef are split-loss options for a frozen LLM (its own KL teacher); they do "
-            "not combine with --lora_rank."
-        )
     if data_args.prompt_column and data_args.task != "chat":
         raise ValueError(
             f"--prompt_column is for --task chat (the instruction after the audio); got --task {data_args.task}."
@@ -1012,8 +837,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         training_args.train_sampling_strategy = "random"
 
     train_collator = SteerMoEDataCollator(
-        processor, data_args, train_base, with_targets=True, teacher_inputs=training_args.kl_loss_coef > 0,
-        transcript_labels=training_args.ctc_loss_coef > 0 and data_args.transcript_column is not None,
+        processor, data_args, train_base, with_targets=True, teacher_inputs=config.kl_loss_coef > 0,
+        transcript_labels=config.ctc_loss_coef > 0 and data_args.transcript_column is not None,
     )  # fmt: skip
     eval_collator = SteerMoEDataCollator(processor, data_args, eval_base, with_targets=False)
     stopper = GracefulStopCallback()
@@ -1063,6 +888,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             write_predictions(trainer, output_dir / "oracle_predictions.jsonl", trainer.last_oracle_predictions)
     report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
     report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
+    report["loss"] = {key: getattr(config, key) for key in LOSS_CONFIG_ARGS}  # the model's recipe, as saved
     report["training_args"] = {key: getattr(training_args, key) for key in RECORDED_TRAINING_ARGS}
     report["peak_memory_mb"] = peak_memory_mb()
     if trainer.is_world_process_zero():

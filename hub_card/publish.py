@@ -33,7 +33,10 @@ def render_model_card(model, repo_id: str, results: dict | None = None, license:
     """The model card for `model` published as `repo_id`; `results` is the `results.json` written by train.py."""
     config = model.config
     results = results or {}
-    recipe = {**results.get("recipe", {}).get("data", {}), **results.get("training_args", {})}
+    recipe = {
+        **results.get("recipe", {}).get("data", {}), **results.get("training_args", {}),
+        "router_balance_loss_coef": config.router_balance_loss_coef,
+    }  # fmt: skip
     language = language or ([recipe["language"]] if recipe.get("language") else None)
     dataset_name = recipe.get("dataset_name") or ", ".join(Path(f).name for f in recipe.get("eval_files") or []) or "evaluation set"
     datasets = datasets or ([recipe["dataset_name"]] if _hub_id(recipe.get("dataset_name")) else None)
