@@ -727,7 +727,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 norms = weight.float().norm(dim=-1)
-            cached = self.__dict__["_row_norms"] = (key, norms.reciprocal(), float(norms.mean()))
+            cached = self.__dict__["_row_norms"] = (key, norms.clamp_min(1e-12).reciprocal(), float(norms.mean()))
         return cached[1], cached[2]
 
     def _ctc_loss(self, frames, frame_counts, transcript_labels, labels):

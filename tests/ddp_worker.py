@@ -1,4 +1,4 @@
-"""Runs train.main under `accelerate launch`, recording each rank's steps and final aligner."""
+"""Runs train.main under `accelerate launch`, recording each rank's steps and final adapter weights."""
 
 import json
 import sys
@@ -20,7 +20,7 @@ class RecordRank(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         rank = args.process_index
-        aligner = {k: v.detach().cpu().contiguous() for k, v in model.aligner.state_dict(prefix="aligner.").items()}
+        aligner = {k: v.detach().cpu().contiguous() for k, v in model._adapter_state_dict().items()}
         save_file(aligner, f"{args.output_dir}/rank{rank}-aligner.safetensors")
         Path(f"{args.output_dir}/rank{rank}.json").write_text(json.dumps({"steps": self.steps, "world": args.world_size}))
 
