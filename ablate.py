@@ -25,7 +25,7 @@ VARIANTS = {
     "experts_4": ["--num_experts", "4"],
     "experts_16": ["--num_experts", "16"],
 }
-COLUMNS = ["variant", "trainable_parameters", "wer", "cer", "train_minutes", "peak_rss_mb"]
+COLUMNS = ["variant", "trainable_parameters", "wer", "ctc_readout_wer", "cer", "train_minutes", "peak_rss_mb"]
 
 
 def run_variant(name: str, recipe: str, output_dir: Path, overrides: list[str]) -> dict:
@@ -38,6 +38,7 @@ def run_variant(name: str, recipe: str, output_dir: Path, overrides: list[str]) 
         "variant": name,
         "trainable_parameters": results["parameters"]["total"]["trainable"],
         "wer": round(results["eval"]["eval_wer"], 4),
+        "ctc_readout_wer": round(results["eval"]["eval_ctc_wer"], 4) if "eval_ctc_wer" in results["eval"] else "-",
         "cer": round(results["eval"]["eval_cer"], 4),
         "train_minutes": results["train"]["minutes"],
         "peak_rss_mb": results["peak_memory_mb"]["cpu_rss"],

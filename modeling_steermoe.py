@@ -642,6 +642,44 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
         return SteerMoECausalLMOutputWithPast(**outputs, router_logits=router_logits)
 
+    @torch.no_grad()
+    def ctc_readout(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.FloatTensor,
+        feature_attention_mask: torch.Tensor | None = None,
+    ) -> list[list[int]]:
+        """The CTC head's greedy transcript of each row's audio, without the LLM: every projected frame is scored
+        against the LLM's input embeddings as the CTC loss scores it (cosine with `ctc_logit_scale > 0`, else the dot
+        product), then argmax, repeats collapsed, blanks dropped. Meaningful for adapters trained with
+        `ctc_loss_coef > 0`.
+
+        Args:
+            input_ids: `(batch, seq_len)` prompts with audio placeholders (they say which frames are whose).
+            input_features, feature_attention_mask: as in `forward`.
+        Returns:
+            One list of LLM token ids per row (`processor.batch_decode` turns them into text).
+        """
+        blank = self.config.ctc_blank_token_id
+        if blank is None:
+            raise ValueError("ctc_readout needs config.ctc_blank_token_id (the CTC blank the adapter was trained with).")
+        inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+        placeholder_mask = self.get_placeholder_mask(input_ids)
+        frames = inputs_embeds[placeholder_mask].float()
+        weight = self.get_input_embeddings().weight.float()
+        if self.config.ctc_logit_scale > 0:
+            scores = nn.functional.normalize(frames, dim=-1) @ weight.t() * self._embedding_row_norms()[0]
+        else:
+            scores = frames @ weight.t()
+        labels = scores.argmax(-1).split(placeholder_mask.sum(1).tolist())
+        tokens = []
+        for row in labels:
+            keep = torch.ones_like(row, dtype=torch.bool)
+            keep[1:] = row[1:] != row[:-1]
+            row = row[keep]
+            tokens.append(row[row != blank].tolist())
+        return tokens
+
     def _llm_loss_this_step(self) -> bool:
         """Whether this forward runs the LLM: always outside training; in training, from the
         `llm_loss_start_step`-th training forward on (`recipe_step` counts them, the same on every rank)."""

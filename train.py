@@ -645,11 +645,15 @@ class SteerMoETrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        predictions, references = [], []
+        predictions, references, readouts = [], [], []
+        read_ctc = model.config.ctc_loss_coef > 0 and self.eval_collator.data_args.task == "asr"
         stopped_by_eos = 0
         start = time.time()
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
+            if read_ctc:  # the CTC head's own greedy transcript of the same frames, beside the LLM's
+                tokens = model.ctc_readout(batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"))
+                readouts += [text.strip() for text in self.processing_class.batch_decode(tokens, skip_special_tokens=True)]
             bound = []
             if self.eval_collator.data_args.task == "asr":  # the pipeline's transcript length bound
                 bound = [self.processing_class.transcript_length_criteria(batch["input_ids"])]
@@ -672,8 +676,12 @@ class SteerMoETrainer(Trainer):
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
         stopped_by_eos = sum(self.accelerator.gather_for_metrics([stopped_by_eos], use_gather_object=True))
         metrics[f"{metric_key_prefix}_stopped_by_eos"] = round(stopped_by_eos / max(len(predictions), 1), 4)
+        if read_ctc:
+            readouts = self.accelerator.gather_for_metrics(readouts, use_gather_object=True)
+            ctc = self.metric.compute(predictions=readouts, references=references, language=self.language)
+            metrics.update({f"{metric_key_prefix}_ctc_{key}": value for key, value in ctc.items()})
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
-        self.last_predictions = list(zip(references, predictions))
+        self.last_predictions = list(zip(references, predictions, readouts or [None] * len(predictions)))
         self.log(metrics)
         return metrics
 
@@ -904,8 +912,11 @@ def write_predictions(trainer, path: Path, pairs) -> None:
     if trainer.is_world_process_zero():
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as handle:
-            for reference, prediction in pairs:
-                handle.write(json.dumps({"reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
+            for reference, prediction, *readout in pairs:
+                row = {"reference": reference, "prediction": prediction}
+                if readout and readout[0] is not None:
+                    row["ctc_readout"] = readout[0]
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def peak_memory_mb() -> dict:
@@ -921,11 +932,17 @@ def peak_memory_mb() -> dict:
 def summarize(report: dict) -> str:
     """One line for the console: error rates before/after training and the training time."""
     parts = []
+    def scores(metrics: dict, prefix: str) -> str:
+        text = f"WER {metrics[f'{prefix}_wer']:.3f}, CER {metrics[f'{prefix}_cer']:.3f}"
+        if f"{prefix}_ctc_wer" in metrics:
+            text += f" (the CTC head's own readout of the frames: WER {metrics[f'{prefix}_ctc_wer']:.3f})"
+        return text
+
     for key, label in (("eval_before", "before training"), ("eval", "after training")):
         if key in report:
-            parts.append(f"{label}: WER {report[key][f'{key}_wer']:.3f}, CER {report[key][f'{key}_cer']:.3f}")
+            parts.append(f"{label}: {scores(report[key], key)}")
     for name, metrics in report.get("extra_eval", {}).items():
-        parts.append(f"{name}: WER {metrics[f'{name}_wer']:.3f}, CER {metrics[f'{name}_cer']:.3f}")
+        parts.append(f"{name}: {scores(metrics, name)}")
     if "oracle" in report:
         parts.append(f"oracle (transcript tokens as input): WER {report['oracle']['oracle_wer']:.3f}")
     if "train" in report:

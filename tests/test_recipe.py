@@ -267,3 +267,63 @@ def test_parameter_groups_hold_each_trainable_parameter_once(make_model, tmp_pat
     assert len(optimizer.param_groups) == 3 and all(group["params"] for group in optimizer.param_groups)
     deepspeed = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text())
     assert not {"optimizer", "scheduler"} & set(deepspeed["deepspeed_config"])
+
+
+def test_kl_teacher_is_the_base_llm_when_the_llm_has_lora(make_model, processor):
+    model = make_model(lora_rank=2, kl_loss_coef=1.0)
+    with torch.no_grad():
+        for name, param in model.language_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # a trained LoRA: B is zero at init
+    prompt = processor.build_prompt("Transcribe the audio.")
+    teacher = train.oracle_inputs(processor, [prompt], ["the quick brown fox"], ["the quick brown fox"])
+    input_ids = processor(text=prompt, audio=speechlike(2.0), sampling_rate=16000)["input_ids"]
+    logits = model._teacher_logits(input_ids, teacher["input_ids"], teacher["attention_mask"], teacher["labels"])
+    positions = teacher["labels"][:, 1:] != -100
+    with model._llm_lora_enabled(False), torch.no_grad():
+        base = model.language_model(**{k: teacher[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1][positions]
+    with torch.no_grad():
+        adapted = model.language_model(**{k: teacher[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1][positions]
+    torch.testing.assert_close(logits, base)
+    assert not torch.allclose(adapted, base, atol=1e-3)
+
+
+def test_ctc_readout_reads_frames_that_are_token_embeddings(make_model, processor, monkeypatch):
+    """Frames equal to the embeddings of `blank a a blank b b blank ...` read out as `a b ...`, row by row."""
+    model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0)
+    blank = model.config.ctc_blank_token_id
+    batch = processor(
+        text=[processor.build_prompt("Transcribe the audio.")] * 2, audio=[speechlike(3.0), speechlike(2.0, seed=1)],
+        sampling_rate=16000,
+    )  # fmt: skip
+    counts = model.get_placeholder_mask(batch["input_ids"]).sum(1).tolist()
+    words = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("the quick", "a dog")]
+    labels = []
+    for row, count in zip(words, counts):
+        frames = [blank] + [token for token in row for token in (token, token, blank)]
+        assert len(frames) <= count
+        labels += frames + [blank] * (count - len(frames))
+    merge = model._merge_audio_into_embeddings
+
+    def token_frames(input_ids, *args, **kwargs):
+        embeds, router_logits = merge(input_ids, *args, **kwargs)
+        placeholders = model.get_placeholder_mask(input_ids)[..., None]
+        frames = model.get_input_embeddings().weight[torch.tensor(labels)]
+        return embeds.masked_scatter(placeholders, frames), router_logits
+
+    monkeypatch.setattr(model, "_merge_audio_into_embeddings", token_frames)
+    expected = [[token for token in row if token != blank] for row in words]  # the blank is the LLM's space token
+    assert model.ctc_readout(batch["input_ids"], batch["input_features"], batch["feature_attention_mask"]) == expected
+
+
+def test_evaluation_reports_the_ctc_readout_beside_the_llm(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    args = common_args(backbone_dirs, manifest, out, 2, "--max_steps", "1", "--do_eval", "--eval_files", str(manifest),
+                       "--generation_max_new_tokens", "4", "--ctc_loss_coef", "1", "--ctc_logit_scale", "30")  # fmt: skip
+    report = train.main(args)
+    assert 0 <= report["eval"]["eval_ctc_wer"] and "eval_wer" in report["eval"]
+    rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all({"reference", "prediction", "ctc_readout"} <= row.keys() for row in rows)
+    plain = train.main(common_args(backbone_dirs, manifest, tmp_path / "plain", 2, "--max_steps", "1", "--do_eval",
+                                   "--eval_files", str(manifest), "--generation_max_new_tokens", "4"))  # fmt: skip
+    assert "eval_ctc_wer" not in plain["eval"]  # no trained CTC head, no readout
