@@ -1,8 +1,12 @@
 # Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
 """SteerMoE configuration: two frozen backbones (by Hub id or by config) and the aligner's settings."""
 
+import json
 import logging
 import math
+import os
+import re
+from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.tokenization_utils_base import AddedToken
@@ -46,6 +50,54 @@ def get_num_audio_tokens(
     return math.ceil(max(frames, 0) / pooling_kernel_size)
 
 
+BACKBONE_FIELDS = {"audio_model_id": "audio_model_hub_id", "text_model_id": "text_model_hub_id"}
+BACKBONE_OVERRIDES = ("audio_model_id", "text_model_id", "audio_model_revision", "text_model_revision")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_backbone(value: str, adapter_dir: str | os.PathLike | None = None, hub_id: str | None = None):
+    """Where a backbone reference recorded in an adapter points, tried in this order: as given (a folder, absolute or
+    from the working directory); relative to the adapter's own folder; the Hub original recorded with it
+    (`*_model_hub_id`); the value itself as a Hub id.
+
+    Returns `(location or None, every place looked)`; a Hub id is returned without contacting the Hub."""
+    looked = []
+    path = Path(value).expanduser()
+    looked.append(str(path.resolve()))
+    if path.is_dir():
+        return str(path.resolve()), looked
+    if adapter_dir is not None and not path.is_absolute():
+        candidate = (Path(adapter_dir) / path).resolve()
+        looked.append(str(candidate))
+        if candidate.is_dir():
+            return str(candidate), looked
+    for name in (hub_id, value):
+        if name and _HUB_ID.match(name) and not name.startswith("."):
+            looked.append(f"the Hub: {name}")
+            return name, looked
+    return None, looked
+
+
+def backbone_not_found_message(field: str, value: str, looked: list[str]) -> str:
+    return (
+        f"The backbone {field}={value!r} recorded in this adapter was not found; looked at: {'; '.join(looked)}. "
+        f"Pass the backbone's folder or Hub id: from_pretrained(adapter, {field}=...) (AutoModel, AutoProcessor and "
+        f"SteerMoEForConditionalGeneration alike), or pipeline(..., model_kwargs={{{field!r}: ...}})."
+    )
+
+
+def hub_original(folder: str) -> str | None:
+    """The Hub id a local backbone folder was converted from, as its `conversion.json` records it
+    (`scripts/setup_smollm2.py` writes one); None if it records none."""
+    record = Path(folder) / "conversion.json"
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text()).get("original")
+    except (OSError, ValueError):
+        return None
+
+
 def add_audio_token(tokenizer, audio_token: str) -> int:
     """Add `audio_token` to `tokenizer` as a special token unless it has it, and return its id.
 
@@ -79,14 +131,21 @@ class SteerMoEConfig(PreTrainedConfig):
     small trainable aligner between them.
 
     Backbones are named by id (`audio_model_id`, `text_model_id`: Hub ids or local folders, with optional revisions),
-    in which case the saved `config.json` stores only the ids; or given in full (`audio_config`, `text_config`) to
-    build randomly initialised backbones, e.g. in tests.
+    whose weights are loaded; or given in full (`audio_config`, `text_config`) to build randomly initialised
+    backbones, e.g. in tests. The backbone configs are saved with the adapter either way, so reading an adapter's
+    config never needs the backbones. A local folder is recorded by its absolute path, with the Hub original it was
+    converted from when its `conversion.json` says (`*_model_hub_id`); loading an adapter resolves each reference
+    with `resolve_backbone` (as given, relative to the adapter's folder, the Hub original), and
+    `from_pretrained(adapter, audio_model_id=..., text_model_id=...)` overrides them.
 
     Args:
         audio_model_id (`str`, *optional*): Hub id or folder of the audio encoder (a Whisper checkpoint).
         audio_model_revision (`str`, *optional*): Revision (branch, tag or commit) of `audio_model_id`.
         text_model_id (`str`, *optional*): Hub id or folder of the decoder-only LLM.
         text_model_revision (`str`, *optional*): Revision of `text_model_id`.
+        audio_model_hub_id (`str`, *optional*): The Hub original of a local `audio_model_id`, tried when the folder
+            is not found (e.g. on another machine).
+        text_model_hub_id (`str`, *optional*): The same for `text_model_id`.
         audio_config (`dict` or `PreTrainedConfig`, *optional*): Full audio encoder config, used when no id is given.
         text_config (`dict` or `PreTrainedConfig`, *optional*): Full LLM config, used when no id is given.
         aligner_type (`str`, *optional*, defaults to `"layerwise"`): `"layerwise"` (steering after every steered
@@ -167,6 +226,8 @@ class SteerMoEConfig(PreTrainedConfig):
     audio_model_revision: str | None = None
     text_model_id: str | None = None
     text_model_revision: str | None = None
+    audio_model_hub_id: str | None = None
+    text_model_hub_id: str | None = None
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     aligner_type: str = "layerwise"
@@ -199,10 +260,16 @@ class SteerMoEConfig(PreTrainedConfig):
     kl_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):
+        for field, hub_field in BACKBONE_FIELDS.items():
+            value = getattr(self, field)
+            if value is not None and Path(value).expanduser().is_dir():  # a local folder: recorded absolute
+                setattr(self, field, str(Path(value).expanduser().resolve()))
+                if getattr(self, hub_field) is None:
+                    setattr(self, hub_field, hub_original(value))
         if self.audio_config is None and self.audio_model_id is not None:
-            self.audio_config = AutoConfig.from_pretrained(self.audio_model_id, revision=self.audio_model_revision)
+            self.audio_config = _backbone_config("audio_model_id", self.audio_model_id, self.audio_model_revision)
         if self.text_config is None and self.text_model_id is not None:
-            self.text_config = AutoConfig.from_pretrained(self.text_model_id, revision=self.text_model_revision)
+            self.text_config = _backbone_config("text_model_id", self.text_model_id, self.text_model_revision)
         if (self.audio_token_id is None or self.ctc_blank_token_id is None) and self.text_model_id is not None:
             audio_token_id, blank_id = resolve_token_ids(self.text_model_id, self.text_model_revision, self.audio_token)
             if self.audio_token_id is None:
@@ -296,14 +363,34 @@ class SteerMoEConfig(PreTrainedConfig):
         """Encoder frames merged into one LLM audio token (1 without pooling)."""
         return self.pooling_kernel_size if self.pooling_type is not None else 1
 
-    def to_dict(self):
-        """Serialise; a backbone named by id is stored by id only, so `config.json` stays small."""
-        output = super().to_dict()
-        if self.audio_model_id is not None:
-            output.pop("audio_config", None)
-        if self.text_model_id is not None:
-            output.pop("text_config", None)
-        return output
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved config with the backbone overrides among `kwargs` (`audio_model_id`, `text_model_id` and their
+        revisions) applied, and each recorded backbone reference resolved (`resolve_backbone`) against the adapter's
+        folder; a reference that does not resolve is kept as recorded (the error comes where weights load)."""
+        overrides = {key: kwargs.pop(key) for key in BACKBONE_OVERRIDES if kwargs.get(key) is not None}
+        folder = Path(str(pretrained_model_name_or_path)) / kwargs.get("subfolder", "")
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        config_dict = {**config_dict, **overrides}
+        for (field, hub_field), sub_config in zip(BACKBONE_FIELDS.items(), ("audio_config", "text_config")):
+            if config_dict.get(field) is None or field in overrides:
+                continue
+            adapter_dir = folder if folder.is_dir() else None
+            resolved, looked = resolve_backbone(config_dict[field], adapter_dir, config_dict.get(hub_field))
+            if resolved is not None:
+                config_dict[field] = resolved
+            elif config_dict.get(sub_config) is None:  # an adapter saved without the backbone's config needs it now
+                raise OSError(backbone_not_found_message(field, config_dict[field], looked))
+        return config_dict, kwargs
 
 
-__all__ = ["SteerMoEConfig", "add_audio_token", "get_num_audio_tokens"]
+def _backbone_config(field: str, value: str, revision: str | None):
+    """The backbone's own config, loaded by id (only for configs that do not carry it, e.g. adapters saved before
+    the backbone configs were)."""
+    try:
+        return AutoConfig.from_pretrained(value, revision=revision)
+    except (OSError, ValueError) as error:
+        raise OSError(backbone_not_found_message(field, value, resolve_backbone(value)[1])) from error
+
+
+__all__ = ["SteerMoEConfig", "add_audio_token", "get_num_audio_tokens", "resolve_backbone"]

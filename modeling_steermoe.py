@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from safetensors import safe_open
 from torch import nn
 from transformers import (
@@ -27,10 +28,10 @@ from transformers.utils import cached_file
 
 
 try:
-    from .configuration_steermoe import SteerMoEConfig
+    from .configuration_steermoe import SteerMoEConfig, backbone_not_found_message, resolve_backbone
     from .pipeline_steermoe import SteerMoEASRPipeline
 except ImportError:
-    from configuration_steermoe import SteerMoEConfig
+    from configuration_steermoe import SteerMoEConfig, backbone_not_found_message, resolve_backbone
     from pipeline_steermoe import SteerMoEASRPipeline
 
 
@@ -327,14 +328,15 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             return SteerMoEWhisperEncoder(audio_config) if whisper else AutoModel.from_config(audio_config)
         encoder_class = SteerMoEWhisperEncoder if whisper else AutoModel
         key_mapping = {"key_mapping": SteerMoEWhisperEncoder._checkpoint_key_mapping} if whisper else {}
-        encoder, info = encoder_class.from_pretrained(
-            config.audio_model_id,
-            revision=config.audio_model_revision,
-            output_loading_info=True,
-            **key_mapping,
-            **no_layerdrop,
-            **backbone_kwargs,
-        )
+        with _backbone_errors("audio_model_id", config.audio_model_id, config.audio_model_hub_id):
+            encoder, info = encoder_class.from_pretrained(
+                config.audio_model_id,
+                revision=config.audio_model_revision,
+                output_loading_info=True,
+                **key_mapping,
+                **no_layerdrop,
+                **backbone_kwargs,
+            )
         _raise_on_missing_backbone_weights("audio", config.audio_model_id, info)
         return encoder
 
@@ -342,12 +344,13 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def _build_language_model(config, backbone_kwargs):
         if config.text_model_id is None:
             return AutoModelForCausalLM.from_config(copy.deepcopy(config.text_config))
-        model, info = AutoModelForCausalLM.from_pretrained(
-            config.text_model_id,
-            revision=config.text_model_revision,
-            output_loading_info=True,
-            **backbone_kwargs,
-        )
+        with _backbone_errors("text_model_id", config.text_model_id, config.text_model_hub_id):
+            model, info = AutoModelForCausalLM.from_pretrained(
+                config.text_model_id,
+                revision=config.text_model_revision,
+                output_loading_info=True,
+                **backbone_kwargs,
+            )
         _raise_on_missing_backbone_weights("text", config.text_model_id, info)
         return model
 
@@ -1018,6 +1021,17 @@ def _asr_generation_config(llm_config: GenerationConfig) -> GenerationConfig:
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
     return config
+
+
+@contextlib.contextmanager
+def _backbone_errors(field: str, value: str, hub_id: str | None):
+    """Turn a backbone that cannot be loaded (no such folder, an unreachable or unknown Hub id) into an error that
+    names the field, the value, every place looked and the override to use."""
+    try:
+        yield
+    except (OSError, HFValidationError) as error:
+        message = backbone_not_found_message(field, value, resolve_backbone(value, None, hub_id)[1])
+        raise OSError(f"{message} ({type(error).__name__}: {error})") from error
 
 
 def _raise_on_missing_backbone_weights(kind: str, model_id: str, loading_info: dict):

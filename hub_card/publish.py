@@ -52,7 +52,9 @@ def render_model_card(model, repo_id: str, results: dict | None = None, license:
                 dataset_name=dataset_name, dataset_split=split, metric_type=metric, metric_name=metric.upper(),
                 metric_value=round(scores[f"eval_{metric}"], 4),
             ))  # fmt: skip
-    base_models = [m for m in (_hub_id(config.audio_model_id), _hub_id(config.text_model_id)) if m]
+    audio_original = config.audio_model_hub_id or _hub_id(config.audio_model_id)  # a local copy's Hub original
+    text_original = config.text_model_hub_id or _hub_id(config.text_model_id)
+    base_models = [m for m in (audio_original, text_original) if m]
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="automatic-speech-recognition", license=license,
         language=language, datasets=datasets, base_model=base_models or None,
@@ -64,7 +66,7 @@ def render_model_card(model, repo_id: str, results: dict | None = None, license:
     pooling = f"{config.pooling_type}-pooling over {config.pooling_kernel_size} frames" if config.pooling_type else "no pooling"
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), repo_id=repo_id, model_name=repo_id.split("/")[-1],
-        audio_model_id=config.audio_model_id, text_model_id=config.text_model_id,
+        audio_model_id=audio_original or config.audio_model_id, text_model_id=text_original or config.text_model_id,
         audio_model_revision=config.audio_model_revision, text_model_revision=config.text_model_revision,
         num_experts=config.num_experts, steering_scale=config.steering_scale, pooling=pooling,
         projector_type=config.projector_type, parameters=report, aligner_parameters=f"{aligner:,}",
