@@ -830,6 +830,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             kwargs["tokenizer"] = self._stop_strings_tokenizer()
         if input_ids is None:
             raise ValueError("generate needs input_ids: the prompt, with audio placeholders where the audio goes.")
+        if input_features is not None:
+            self._check_context(input_ids)
         if attention_mask is not None:
             input_ids, attention_mask = _right_to_left_padding(input_ids, attention_mask)
         with self._llm_lora_enabled(input_features is not None or self.config.lora_for_text_only):
@@ -852,6 +854,18 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         sequences[:, : input_ids.shape[1]] = input_ids.to(sequences.device)
         return output
+
+    def _check_context(self, input_ids: torch.Tensor) -> None:
+        """Raise when a prompt with its audio does not fit the LLM's context (`max_position_embeddings`)."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or input_ids.shape[1] <= limit:
+            return
+        audio_tokens = int(self.get_placeholder_mask(input_ids).sum(-1).max())
+        raise ValueError(
+            f"The audio gives {audio_tokens} audio tokens and the prompt {input_ids.shape[1] - audio_tokens} more: "
+            f"{input_ids.shape[1]} tokens, beyond the LLM's context of {limit}. Ask about a shorter clip, or "
+            "transcribe it with the ASR pipeline or the CLI, which cut long audio into segments."
+        )
 
     def _stop_strings_tokenizer(self):
         """The LLM's tokenizer, loaded once, for generation configs with `stop_strings`."""

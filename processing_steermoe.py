@@ -176,6 +176,8 @@ class TranscriptLengthCriteria(StoppingCriteria):
 
 DEFAULT_SPEECH_THRESHOLD_DB = -50.0
 MIN_SPEECH_SECONDS = 0.1
+DEFAULT_SEGMENT_SECONDS = 30.0  # long-form transcription's segment limit when the adapter records none
+PAUSE_SMOOTHING_SECONDS = 0.2
 SPEECH_FRAME_SECONDS = 0.03
 
 
@@ -203,6 +205,46 @@ def has_speech(
     usable = clip[: clip.shape[0] // frame * frame].reshape(-1, frame)
     loudest = float(np.sqrt(np.mean(np.square(usable, dtype=np.float64), axis=1)).max())
     return 20 * np.log10(max(loudest, 1e-12)) >= threshold_db
+
+
+def speech_segments(audio, sampling_rate: int, max_seconds: float) -> list[tuple[int, int]]:
+    """Cut a clip at pauses into consecutive segments of at most `max_seconds`, for long-form transcription.
+
+    A clip no longer than `max_seconds` is one segment. Otherwise each cut falls in the second half of the next
+    `max_seconds` of audio, at its quietest point: the 30 ms frame (the no-speech gate's frames) whose energy,
+    averaged over the surrounding `PAUSE_SMOOTHING_SECONDS`, is lowest, so cuts land in pauses between words or
+    sentences whenever there are any.
+
+    Args:
+        audio: one clip, `(samples,)` or multi-channel, int or float PCM.
+        sampling_rate: its rate in Hz.
+    Returns:
+        `(start, end)` sample ranges covering the clip in order, without gaps.
+    """
+    _check_sampling_rate(sampling_rate)
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    clip = _to_mono_float32(audio)
+    total, limit = clip.shape[0], max(1, int(max_seconds * sampling_rate))
+    if total <= limit:
+        return [(0, total)]
+    frame = max(1, int(SPEECH_FRAME_SECONDS * sampling_rate))
+    power = np.mean(np.square(clip[: total // frame * frame].reshape(-1, frame), dtype=np.float64), axis=1)
+    width = max(1, int(round(PAUSE_SMOOTHING_SECONDS / SPEECH_FRAME_SECONDS)))
+    smoothed = np.convolve(power, np.ones(width) / width, mode="same")
+    segments, start = [], 0
+    while total - start > limit:
+        first = (start + limit // 2) // frame
+        last = min((start + limit) // frame, len(smoothed))  # the frame holding sample start + limit - 1 excluded
+        if last <= first:
+            cut = start + limit
+        else:
+            quietest = first + int(np.argmin(smoothed[first:last]))
+            cut = min(quietest * frame + frame // 2, start + limit)
+        segments.append((start, cut))
+        start = cut
+    segments.append((start, total))
+    return segments
 
 
 class SteerMoEProcessorKwargs(ProcessingKwargs, total=False):
@@ -234,6 +276,9 @@ class SteerMoEProcessor(ProcessorMixin):
         transcription_prompt (`str`, *optional*, defaults to `"Transcribe the audio."`): The instruction the
             transcription paths (pipeline, CLI, `apply_transcription_request`, serving) put after the audio when
             none is given; `train.py` saves the one the adapter was trained with.
+        max_segment_seconds (`float`, *optional*): The longest audio the adapter transcribes in one pass; longer
+            audio is cut at pauses into segments no longer than this (`speech_segments`). `train.py` saves the
+            longest training clip; `None` means `DEFAULT_SEGMENT_SECONDS` (30 s).
         chat_template (`str`, *optional*): Defaults to the tokenizer's.
     """
 
@@ -250,6 +295,7 @@ class SteerMoEProcessor(ProcessorMixin):
         pad_to_full_window=False,
         speech_threshold_db=DEFAULT_SPEECH_THRESHOLD_DB,
         transcription_prompt=DEFAULT_TRANSCRIPTION_PROMPT,
+        max_segment_seconds=None,
         chat_template=None,
     ):
         self.audio_token_id = add_audio_token(tokenizer, audio_token)
@@ -262,6 +308,7 @@ class SteerMoEProcessor(ProcessorMixin):
         self.pad_to_full_window = pad_to_full_window
         self.speech_threshold_db = speech_threshold_db
         self.transcription_prompt = transcription_prompt
+        self.max_segment_seconds = max_segment_seconds
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -285,6 +332,11 @@ class SteerMoEProcessor(ProcessorMixin):
         given (`None` turns it off)."""
         threshold_db = self.speech_threshold_db if threshold_db == "default" else threshold_db
         return has_speech(audio, sampling_rate, threshold_db)
+
+    def speech_segments(self, audio, sampling_rate: int, max_seconds: float | None = None) -> list[tuple[int, int]]:
+        """`speech_segments` at this processor's `max_segment_seconds` (30 s when unset) unless `max_seconds` is
+        given."""
+        return speech_segments(audio, sampling_rate, max_seconds or self.max_segment_seconds or DEFAULT_SEGMENT_SECONDS)
 
     @property
     def audio_token_seconds(self) -> float:
@@ -628,4 +680,4 @@ class SteerMoEProcessor(ProcessorMixin):
 
 SteerMoEProcessor.register_for_auto_class()
 
-__all__ = ["SteerMoEProcessor", "decode_audio_input", "has_speech", "load_audio"]
+__all__ = ["SteerMoEProcessor", "decode_audio_input", "has_speech", "load_audio", "speech_segments"]

@@ -29,7 +29,7 @@ except ImportError:
 logger = logging.getLogger("steermoe")
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aiff", ".aif"}
-SEGMENT_SECONDS = 30.0
+EMPTY_WARNING = "no text came back for audio that passed the no-speech gate"
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -53,38 +53,47 @@ def srt_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d},{millis % 1000:03d}"
 
 
-def write(out, fmt: str, path: Path, seconds: float, rtf: float, texts: list[str]) -> None:
-    """One file's result as a text line, a JSON line (file, text, seconds, real-time factor) or SRT segments."""
+def write(out, fmt: str, path: Path, seconds: float, rtf: float, result: dict, empty: bool) -> None:
+    """One file's result as a text line, a JSON line (file, text, seconds, real-time factor, segments with their
+    times, and a warning when speech gave no text) or SRT segments at the times the pipeline cut the audio."""
     if fmt == "text":
-        out.write(f"{path}\t{' '.join(texts)}\n")
+        out.write(f"{path}\t{result['text']}\n")
     elif fmt == "jsonl":
-        record = {"file": str(path), "text": " ".join(texts), "seconds": round(seconds, 3), "rtf": round(rtf, 4)}
+        record = {"file": str(path), "text": result["text"], "seconds": round(seconds, 3), "rtf": round(rtf, 4),
+                  "segments": [{"start": c["timestamp"][0], "end": c["timestamp"][1], "text": c["text"]}
+                               for c in result["chunks"]]}  # fmt: skip
+        if empty:
+            record["warning"] = EMPTY_WARNING
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
         out.write(f"# {path}\n")
-        for index, text in enumerate(texts):
-            begin, end = index * SEGMENT_SECONDS, min((index + 1) * SEGMENT_SECONDS, seconds)
-            out.write(f"{index + 1}\n{srt_time(begin)} --> {srt_time(end)}\n{text}\n\n")
+        for index, chunk in enumerate(result["chunks"]):
+            begin, end = chunk["timestamp"]
+            out.write(f"{index + 1}\n{srt_time(begin)} --> {srt_time(end)}\n{chunk['text']}\n\n")
     out.flush()
 
 
 class FileTextStreamer(TextStreamer):
     """transformers' `TextStreamer` writing the answer to `out` as soon as each word is final, instead of printing
     it; special tokens are skipped and the text is stripped as the pipeline strips it (trailing spaces are held
-    back until more text follows)."""
+    back until more text follows). A long file is transcribed segment by segment, one `generate` each: segments
+    are joined with one space, as the pipeline joins them."""
 
     def __init__(self, tokenizer, out):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.out = out
         self.written = False
         self.held = ""
+        self.segment_start = True
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
+        if self.segment_start and text.strip():
+            text = (" " if self.written else "") + text.lstrip()
+            self.segment_start = False
         text = self.held + text
-        if not self.written:
-            text = text.lstrip()
         kept = text.rstrip()
         self.held = "" if stream_end else text[len(kept) :]
+        self.segment_start = self.segment_start or stream_end
         if kept:
             self.out.write(kept)
             self.out.flush()
@@ -109,7 +118,11 @@ def parse_args(argv=None):
     parser.add_argument("--onnx-precision", choices=["fp32", "int8"], default="fp32",
                         help="ONNX backend: the float32 graphs or their dynamic int8 copies (export --int8).")  # fmt: skip
     parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
-                        help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf; srt: one segment per 30 s.")  # fmt: skip
+                        help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf, segments; srt: one entry per "
+                             "segment (long files are cut at pauses, see --chunk-length-s).")  # fmt: skip
+    parser.add_argument("--chunk-length-s", type=float, default=None,
+                        help="Transcription cuts longer audio at pauses into segments no longer than this (default: "
+                             "the longest clip the adapter was trained on, as its processor records, else 30).")  # fmt: skip
     parser.add_argument("--output", help="Write here instead of standard output.")
     parser.add_argument("--stream", action="store_true",
                         help="Write each file's text as it is generated ('file<TAB>' then the words as they come).")  # fmt: skip
@@ -153,6 +166,9 @@ def main(argv=None) -> int:
         call_kwargs["speech_threshold_db"] = args.speech_threshold_db
     if args.max_new_tokens is not None:
         call_kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.chunk_length_s is not None:
+        call_kwargs["chunk_length_s"] = args.chunk_length_s
+    gated = "prompt" not in call_kwargs and not args.no_speech_gate
     paths = expand_inputs(args.inputs)
     if not paths:
         logger.error("No audio files found in %s", args.inputs)
@@ -169,21 +185,25 @@ def main(argv=None) -> int:
                 logger.error("%s", error)
                 failed.append(path)
                 continue
-            step = int(SEGMENT_SECONDS * rate) if args.format == "srt" else samples.shape[0]
-            pieces = [{"array": samples[i : i + step], "sampling_rate": rate} for i in range(0, samples.shape[0], step)]
-            clips.append((path, samples.shape[0] / rate, pieces))
+            speech = not gated or asr.processor.has_speech(samples, rate, call_kwargs.get("speech_threshold_db", "default"))
+            clips.append((path, samples.shape[0] / rate, {"array": samples, "sampling_rate": rate}, speech))
         if clips and args.stream:
-            path, _, pieces = clips[0]
+            path, _, clip, speech = clips[0]
             out.write(f"{path}\t")
-            asr(pieces[0], generate_kwargs={"streamer": FileTextStreamer(asr.tokenizer, out)}, **call_kwargs)
+            result = asr(clip, generate_kwargs={"streamer": FileTextStreamer(asr.tokenizer, out)}, **call_kwargs)
             out.write("\n")
             out.flush()
+            if speech and not result["text"]:
+                logger.warning("%s: %s", path, EMPTY_WARNING)
         elif clips:
             start = time.perf_counter()
-            results = iter(asr([piece for _, _, pieces in clips for piece in pieces], **call_kwargs))
-            rtf = (time.perf_counter() - start) / sum(seconds for _, seconds, _ in clips)
-            for path, seconds, pieces in clips:
-                write(out, args.format, path, seconds, rtf, [next(results)["text"] for _ in pieces])
+            results = asr([clip for _, _, clip, _ in clips], return_timestamps=True, **call_kwargs)
+            rtf = (time.perf_counter() - start) / sum(seconds for _, seconds, _, _ in clips)
+            for (path, seconds, _, speech), result in zip(clips, results):
+                empty = speech and not result["text"]
+                if empty:
+                    logger.warning("%s: %s", path, EMPTY_WARNING)
+                write(out, args.format, path, seconds, rtf, result, empty)
         progress.update(len(paths[first : first + args.batch_size]))
     progress.close()
     if args.output:

@@ -11,6 +11,7 @@ Arguments are transformers' own `Seq2SeqTrainingArguments` plus the `ModelArgume
 import io
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -841,6 +842,10 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         instructions = Counter(text for text in train_dataset[data_args.prompt_column] if text)
         if instructions:  # the pipeline, CLI and server transcribe with the instruction training used
             processor.transcription_prompt = instructions.most_common(1)[0][0]
+    if isinstance(train_dataset, Dataset) and len(train_dataset):
+        # long-form transcription cuts audio into segments no longer than what the adapter was trained on
+        longest = math.ceil(max(train_dataset["duration"]) * 10) / 10
+        processor.max_segment_seconds = max(longest, processor.max_segment_seconds or 0.0)
     if isinstance(train_dataset, IterableDataset) and training_args.train_sampling_strategy == "group_by_length":
         training_args.train_sampling_strategy = "random"
 

@@ -36,7 +36,7 @@ from vllm.multimodal.processing import (
 
 from configuration_steermoe import get_num_audio_tokens
 from modeling_steermoe import ENCODER_LORA_TARGETS, SteerMoEAligner, SteerMoEForConditionalGeneration, _add_lora
-from processing_steermoe import LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
+from processing_steermoe import DEFAULT_SEGMENT_SECONDS, LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
 
 
 @functools.lru_cache(maxsize=8)
@@ -283,11 +283,16 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
 
     @classmethod
     def get_speech_to_text_config(cls, model_config: ModelConfig, task_type: str) -> SpeechToTextConfig:
-        # No chunking: the whole clip reaches the LLM in one context, in 30 s encoder windows, as in transformers.
+        # Long audio is cut into segments no longer than the adapter's limit (the processor's max_segment_seconds,
+        # the longest clip it was trained on, else 30 s), as the transformers pipeline cuts it; vLLM's own splitter
+        # picks the quietest 0.1 s within the last second before each limit.
+        processor = _model_processor(model_config)
+        limit = processor.max_segment_seconds or DEFAULT_SEGMENT_SECONDS
         return SpeechToTextConfig(
-            sample_rate=_model_processor(model_config).feature_extractor.sampling_rate,
-            max_audio_clip_s=None,
-            min_energy_split_window_size=None,
+            sample_rate=processor.feature_extractor.sampling_rate,
+            max_audio_clip_s=max(2, int(limit)),
+            overlap_chunk_second=1,
+            min_energy_split_window_size=processor.feature_extractor.sampling_rate // 10,
         )
 
     @classmethod
