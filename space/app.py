@@ -187,9 +187,9 @@ class SteerMoEDemo:
             raise gr.Error(f"Unknown task {task!r}: choose one of {', '.join(TASKS)}.")
         answer = ""
         if task == "Transcribe":
-            # 30 s at a time, each through the no-speech gate (a silent segment gives no text).
-            step = SEGMENT_SECONDS * rate
-            segments = [samples[start : start + step] for start in range(0, samples.shape[0], step)]
+            # Cut at pauses into segments the adapter handles (as the pipeline and the CLI cut them), each through
+            # the no-speech gate (a silent segment gives no text).
+            segments = [samples[start:end] for start, end in loaded.processor.speech_segments(samples, rate)]
             spoken = [segment for segment in segments if loaded.processor.has_speech(segment, rate)]
             if not spoken:
                 gr.Info("No speech found in the clip (it is silent or too short): no transcript.")

@@ -96,8 +96,14 @@ def test_long_audio_is_transcribed_end_to_end(asr, model, processor):
         asr.model, **kwargs
     )
     text = asr(clip, generate_kwargs=GENERATE)["text"]
+    segments = processor.speech_segments(clip, 16000)  # transcription: cut into segments of at most 30 s
+    assert len(segments) == 3 and len(calls) == 3 and all(shape[0] == 1 for shape in calls)
+    pieces = [clip[start:end] for start, end in segments]
+    assert text == " ".join(expected_text(model, processor, pieces, [16000] * 3))
+    calls.clear()  # a question keeps the whole clip in one context: three 30 s encoder windows, one generate
+    answer = asr(clip, prompt="What is said?", generate_kwargs=GENERATE)["text"]
     assert calls == [torch.Size([3, 80, 3000])]
-    assert text == expected_text(model, processor, [clip], [16000])[0]
+    assert answer == expected_text(model, processor, [clip], [16000], prompt="What is said?")[0]
 
 
 def test_generate_kwargs_and_a_custom_prompt(asr, model, processor):
@@ -108,8 +114,8 @@ def test_generate_kwargs_and_a_custom_prompt(asr, model, processor):
     question = "What is said in this recording?"
     answer = asr(clip, prompt=question, generate_kwargs=GENERATE)["text"]
     assert answer == expected_text(model, processor, [clip], [16000], prompt=question)[0]
-    with pytest.raises(TypeError, match="chunk_length_s"):
-        asr(clip, chunk_length_s=10)
+    with pytest.raises(TypeError, match="stride_length_s"):
+        asr(clip, stride_length_s=10)
 
 
 def test_real_pair_pipeline_on_jfk(tmp_path):
