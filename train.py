@@ -843,8 +843,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         if instructions:  # the pipeline, CLI and server transcribe with the instruction training used
             processor.transcription_prompt = instructions.most_common(1)[0][0]
     if isinstance(train_dataset, Dataset) and len(train_dataset):
-        # long-form transcription cuts audio into segments no longer than what the adapter was trained on
-        longest = math.ceil(max(train_dataset["duration"]) * 10) / 10
+        # long-form transcription cuts audio into segments no longer than what the adapter was trained on (in whole
+        # seconds, as vLLM's transcription endpoint takes the limit)
+        longest = float(math.ceil(max(train_dataset["duration"])))
         processor.max_segment_seconds = max(longest, processor.max_segment_seconds or 0.0)
     if isinstance(train_dataset, IterableDataset) and training_args.train_sampling_strategy == "group_by_length":
         training_args.train_sampling_strategy = "random"

@@ -24,3 +24,22 @@ def register() -> None:
         ModelRegistry.register_model("SteerMoEForConditionalGeneration", "serving.vllm_steermoe:SteerMoEForVLLM")
     AutoConfig.register(SteerMoEConfig.model_type, SteerMoEConfig, exist_ok=True)
     AutoProcessor.register(SteerMoEConfig, SteerMoEProcessor, exist_ok=True)
+    _cut_long_transcriptions_as_the_pipeline()
+
+
+def _cut_long_transcriptions_as_the_pipeline() -> None:
+    """Route vLLM's transcription splitter to SteerMoE's segmentation for SteerMoE adapters (`split_like_the_pipeline`);
+    vLLM versions without that splitter keep their own behaviour, with a warning."""
+    import logging
+
+    try:
+        from vllm.entrypoints.speech_to_text.base import serving as transcription_serving
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "This vLLM has no speech_to_text.base.serving.split_audio: long transcriptions are cut by vLLM's rules."
+        )
+        return
+    from serving.vllm_steermoe import split_like_the_pipeline
+
+    if not getattr(transcription_serving.split_audio, "steermoe_segmentation", False):
+        transcription_serving.split_audio = split_like_the_pipeline(transcription_serving.split_audio)

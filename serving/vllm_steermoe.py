@@ -11,6 +11,7 @@ transformers model's.
 """
 
 import functools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -36,7 +37,15 @@ from vllm.multimodal.processing import (
 
 from configuration_steermoe import get_num_audio_tokens
 from modeling_steermoe import ENCODER_LORA_TARGETS, SteerMoEAligner, SteerMoEForConditionalGeneration, _add_lora
-from processing_steermoe import DEFAULT_SEGMENT_SECONDS, LANGUAGE_NAMES, WINDOW_SECONDS, SteerMoEProcessor
+from processing_steermoe import (
+    DEFAULT_SEGMENT_SECONDS,
+    LANGUAGE_NAMES,
+    WINDOW_SECONDS,
+    SteerMoEProcessor,
+    speech_segments,
+)
+
+OWN_SEGMENTATION = 0  # min_energy_split_window_size that means: cut as the transformers pipeline cuts
 
 
 @functools.lru_cache(maxsize=8)
@@ -284,15 +293,13 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
     @classmethod
     def get_speech_to_text_config(cls, model_config: ModelConfig, task_type: str) -> SpeechToTextConfig:
         # Long audio is cut into segments no longer than the adapter's limit (the processor's max_segment_seconds,
-        # the longest clip it was trained on, else 30 s), as the transformers pipeline cuts it; vLLM's own splitter
-        # picks the quietest 0.1 s within the last second before each limit.
+        # the longest clip it was trained on, else 30 s; vLLM takes whole seconds) exactly as the transformers
+        # pipeline cuts it: OWN_SEGMENTATION routes vLLM's splitter to `speech_segments` (see `split_like_the_pipeline`).
         processor = _model_processor(model_config)
-        limit = processor.max_segment_seconds or DEFAULT_SEGMENT_SECONDS
         return SpeechToTextConfig(
             sample_rate=processor.feature_extractor.sampling_rate,
-            max_audio_clip_s=max(2, int(limit)),
-            overlap_chunk_second=1,
-            min_energy_split_window_size=processor.feature_extractor.sampling_rate // 10,
+            max_audio_clip_s=math.ceil(processor.max_segment_seconds or DEFAULT_SEGMENT_SECONDS),
+            min_energy_split_window_size=OWN_SEGMENTATION,
         )
 
     @classmethod
@@ -320,4 +327,19 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
         return text.strip()  # as the transformers pipeline returns it
 
 
-__all__ = ["SteerMoEForVLLM", "count_audio_tokens", "load_processor"]
+def split_like_the_pipeline(split_audio):
+    """Wrap vLLM's `split_audio` (its transcription endpoint's splitter) so that a model whose speech-to-text config
+    sets `min_energy_split_window_size=OWN_SEGMENTATION` is cut by `processing_steermoe.speech_segments`, as the
+    transformers pipeline, the CLI and the web demo cut it; every other model keeps vLLM's splitter."""
+
+    @functools.wraps(split_audio)
+    def split(audio_data, sample_rate, max_clip_duration_s, overlap_duration_s, min_energy_window_size):
+        if min_energy_window_size != OWN_SEGMENTATION:
+            return split_audio(audio_data, sample_rate, max_clip_duration_s, overlap_duration_s, min_energy_window_size)
+        return [audio_data[start:end] for start, end in speech_segments(audio_data, sample_rate, max_clip_duration_s)]
+
+    split.steermoe_segmentation = True
+    return split
+
+
+__all__ = ["SteerMoEForVLLM", "count_audio_tokens", "load_processor", "split_like_the_pipeline"]

@@ -135,4 +135,4 @@ def test_train_py_records_the_longest_training_clip(backbone_dirs, tmp_path):
         "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1", "--save_strategy", "no",
         "--report_to", "none", "--num_experts", "2", "--use_cpu", "true",
     ])  # fmt: skip
-    assert json.loads((tmp_path / "out" / "processor_config.json").read_text())["max_segment_seconds"] == 2.4
+    assert json.loads((tmp_path / "out" / "processor_config.json").read_text())["max_segment_seconds"] == 3.0
