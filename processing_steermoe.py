@@ -178,6 +178,10 @@ DEFAULT_SPEECH_THRESHOLD_DB = -50.0
 MIN_SPEECH_SECONDS = 0.1
 DEFAULT_SEGMENT_SECONDS = 30.0  # long-form transcription's segment limit when the adapter records none
 PAUSE_SMOOTHING_SECONDS = 0.2
+MIN_PAUSE_SECONDS = 0.25  # long-form transcription cuts in pauses at least this long
+PAUSE_BELOW_DB = 40.0  # a pause is this far under the clip's loud level (and under the no-speech gate's level)
+LEAD_MARGIN_SECONDS = 0.1  # a segment starts this long before its speech (training clips start at the speech)
+TRAIL_MARGIN_SECONDS = 0.5  # and keeps up to this much of the pause after it
 SPEECH_FRAME_SECONDS = 0.03
 
 
@@ -207,13 +211,20 @@ def has_speech(
     return 20 * np.log10(max(loudest, 1e-12)) >= threshold_db
 
 
-def speech_segments(audio, sampling_rate: int, max_seconds: float) -> list[tuple[int, int]]:
+def speech_segments(
+    audio, sampling_rate: int, max_seconds: float, min_pause_seconds: float = MIN_PAUSE_SECONDS
+) -> list[tuple[int, int]]:
     """Cut a clip at pauses into consecutive segments of at most `max_seconds`, for long-form transcription.
 
-    A clip no longer than `max_seconds` is one segment. Otherwise each cut falls in the second half of the next
-    `max_seconds` of audio, at its quietest point: the 30 ms frame (the no-speech gate's frames) whose energy,
-    averaged over the surrounding `PAUSE_SMOOTHING_SECONDS`, is lowest, so cuts land in pauses between words or
-    sentences whenever there are any.
+    A clip no longer than `max_seconds` is one segment. A longer one is cut in every pause: a run of at least
+    `min_pause_seconds` of 30 ms frames (the no-speech gate's frames) quieter than both `PAUSE_BELOW_DB` under the
+    clip's loud level (its 95th-percentile frame) and the gate's level. Each pause is cut `LEAD_MARGIN_SECONDS` before
+    the speech resumes, so that a segment starts just before its speech, as clips (and training clips) do, and keeps
+    the pause after it; a pause longer than `TRAIL_MARGIN_SECONDS` of that is also cut there, its silent rest a
+    segment of its own, which the no-speech gate skips. So each
+    utterance gets its own segment, as adapters are trained on one utterance per clip. A piece still longer than
+    `max_seconds` is cut in the second half of each `max_seconds` span, at its quietest point (frame energy averaged
+    over `PAUSE_SMOOTHING_SECONDS`).
 
     Args:
         audio: one clip, `(samples,)` or multi-channel, int or float PCM.
@@ -226,24 +237,38 @@ def speech_segments(audio, sampling_rate: int, max_seconds: float) -> list[tuple
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
     clip = _to_mono_float32(audio)
     total, limit = clip.shape[0], max(1, int(max_seconds * sampling_rate))
-    if total <= limit:
-        return [(0, total)]
     frame = max(1, int(SPEECH_FRAME_SECONDS * sampling_rate))
+    if total <= limit or total < 2 * frame:
+        return [(0, total)]
     power = np.mean(np.square(clip[: total // frame * frame].reshape(-1, frame), dtype=np.float64), axis=1)
-    width = max(1, int(round(PAUSE_SMOOTHING_SECONDS / SPEECH_FRAME_SECONDS)))
-    smoothed = np.convolve(power, np.ones(width) / width, mode="same")
-    segments, start = [], 0
-    while total - start > limit:
-        first = (start + limit // 2) // frame
-        last = min((start + limit) // frame, len(smoothed))  # the frame holding sample start + limit - 1 excluded
-        if last <= first:
+    level = 10 * np.log10(np.maximum(power, 1e-20))
+    quiet = level < max(float(np.percentile(level, 95)) - PAUSE_BELOW_DB, DEFAULT_SPEECH_THRESHOLD_DB)
+    min_pause = max(1, int(round(min_pause_seconds / SPEECH_FRAME_SECONDS)))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    cuts = []
+    lead = int(round(LEAD_MARGIN_SECONDS / SPEECH_FRAME_SECONDS))
+    trail = int(round(TRAIL_MARGIN_SECONDS / SPEECH_FRAME_SECONDS))
+    for first, last in zip(edges[::2], edges[1::2]):  # quiet frames first..last-1
+        if last - first < min_pause:
+            continue
+        if first > 0 and last - first >= trail + lead + min_pause:
+            cuts.append((first + trail) * frame)  # the rest of a long pause is a silent segment, gated out
+        cuts.append((last - lead) * frame)
+    bounds = [0, *(int(cut) for cut in cuts if 0 < cut < total), total]
+    smoothed = None
+    segments = []
+    for start, end in zip(bounds, bounds[1:]):
+        while end - start > limit:
+            if smoothed is None:
+                width = max(1, int(round(PAUSE_SMOOTHING_SECONDS / SPEECH_FRAME_SECONDS)))
+                smoothed = np.convolve(power, np.ones(width) / width, mode="same")
+            first, last = (start + limit // 2) // frame, min((start + limit) // frame, len(smoothed))
             cut = start + limit
-        else:
-            quietest = first + int(np.argmin(smoothed[first:last]))
-            cut = min(quietest * frame + frame // 2, start + limit)
-        segments.append((start, cut))
-        start = cut
-    segments.append((start, total))
+            if last > first:
+                cut = int(min((first + int(np.argmin(smoothed[first:last]))) * frame + frame // 2, start + limit))
+            segments.append((start, cut))
+            start = cut
+        segments.append((start, end))
     return segments
 
 
