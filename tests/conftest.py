@@ -1,3 +1,6 @@
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,3 +72,18 @@ def real_size_configs() -> tuple[dict, dict]:
         num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
     )  # fmt: skip
     return whisper.to_dict(), qwen.to_dict()
+
+
+def launch_two_processes(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2` (torchrun, gloo on CPU) of tests/ddp_worker.py with `args`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*launcher, str(ROOT / "tests" / "ddp_worker.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
-from conftest import ROOT, speechlike
+from conftest import speechlike
 from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
 
 from configuration_steermoe import SteerMoEConfig, resolve_backbone

@@ -2,16 +2,11 @@
 `Trainer`, `train.py` and several processes all train the same way."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import soundfile
 import torch
-from conftest import ROOT, speechlike
+from conftest import ROOT, launch_two_processes, speechlike
 from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments, set_seed
 
@@ -194,20 +189,6 @@ def test_stock_trainer_reproduces_train_py_step_for_step(backbone_dirs, manifest
             torch.testing.assert_close(value, saved[key], rtol=1e-4, atol=1e-6)
 
 
-def _launch_two_processes(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(port)]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*launcher, str(ROOT / "tests" / "ddp_worker.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-
-
 def test_two_processes_train_the_recipe_as_one_process_on_the_same_global_batch(backbone_dirs, equal_rows, tmp_path):
     """`accelerate launch --num_processes 2` (gloo) with the recipe's losses, CTC-only warm-up then joint: both
     ranks end with the same aligner, equal to one process on the same global batch of four."""
@@ -215,7 +196,7 @@ def test_two_processes_train_the_recipe_as_one_process_on_the_same_global_batch(
     extra = ("--max_steps", "4", "--optim", "sgd", "--learning_rate", "0.05", "--steering_learning_rate", "0.05",
              *recipe_argv(recipe))  # fmt: skip
     ddp = tmp_path / "ddp"
-    result = _launch_two_processes(common_args(backbone_dirs, equal_rows, ddp, 2, *extra), tmp_path)
+    result = launch_two_processes(common_args(backbone_dirs, equal_rows, ddp, 2, *extra), tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert [json.loads((ddp / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [{"steps": 4, "world": 2}] * 2
     rank0, rank1 = (load_file(ddp / f"rank{rank}-aligner.safetensors") for rank in (0, 1))
@@ -243,7 +224,7 @@ def test_two_processes_with_llm_lora_through_the_warmup(backbone_dirs, equal_row
     keep the ranks equal."""
     extra = ("--max_steps", "3", "--lora_rank", "2", "--ctc_loss_coef", "1", "--llm_loss_start_step", "2")
     out = tmp_path / "lora"
-    result = _launch_two_processes(common_args(backbone_dirs, equal_rows, out, 2, *extra), tmp_path)
+    result = launch_two_processes(common_args(backbone_dirs, equal_rows, out, 2, *extra), tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = (load_file(out / f"rank{rank}-aligner.safetensors") for rank in (0, 1))
     assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)

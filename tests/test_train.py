@@ -2,7 +2,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import evaluate
 import pytest
 import soundfile
 import torch
-from conftest import ROOT, speechlike
+from conftest import ROOT, launch_two_processes, speechlike
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -192,17 +191,8 @@ def test_sigterm_leaves_a_usable_checkpoint(backbone_dirs, manifest, tmp_path):
 
 def test_two_process_accelerate_launch_on_cpu(backbone_dirs, manifest, tmp_path):
     out = tmp_path / "ddp"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(port)]  # fmt: skip
     args = run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "4", "--learning_rate", "3e-3", "--use_cpu", "true")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*launcher, str(ROOT / "tests" / "ddp_worker.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = launch_two_processes(args, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [{"steps": 4, "world": 2}] * 2
