@@ -26,8 +26,13 @@ POOLING_TYPES = ("max", "avg", None)
 PROJECTOR_TYPES = ("linear", "mlp")
 
 
-LOSS_COEFFICIENTS = (
-    "ce_loss_coef", "kl_loss_coef", "ctc_loss_coef", "frame_norm_loss_coef", "router_balance_loss_coef"
+LOSS_COEFFICIENTS = {  # each part of the training loss (`forward`'s output) -> the config field that weighs it
+    "llm_loss": "ce_loss_coef", "kl_loss": "kl_loss_coef", "ctc_loss": "ctc_loss_coef",
+    "frame_norm_loss": "frame_norm_loss_coef", "router_balance_loss": "router_balance_loss_coef",
+}  # fmt: skip
+LOSS_FIELDS = (  # every config field of the training recipe
+    *LOSS_COEFFICIENTS.values(), "ctc_logit_scale", "ctc_blank_token_id", "llm_loss_start_step", "target_logits_only",
+    "cache_prompt_prefix", "kl_temperature",
 )  # fmt: skip
 AUDIO_ENCODER_TYPES = ("whisper", "hubert", "wavlm", "wav2vec2", "wav2vec2-conformer")
 WHISPER_CONV_LAYERS = ((3, 1, 1), (3, 2, 1))
@@ -310,12 +315,12 @@ class SteerMoEConfig(PreTrainedConfig):
 
     def validate_loss(self):
         """Check the loss fields together (call again after changing them on a built config)."""
-        coefs = {name: getattr(self, name) for name in LOSS_COEFFICIENTS}
+        coefs = {name: getattr(self, name) for name in LOSS_COEFFICIENTS.values()}
         negative = [name for name, value in coefs.items() if value < 0]
         if negative:
             raise ValueError(f"Loss coefficients must be >= 0, got {', '.join(f'{n}={coefs[n]}' for n in negative)}")
         if not any(coefs.values()):
-            raise ValueError(f"Every loss coefficient is 0: nothing would train ({', '.join(LOSS_COEFFICIENTS)}).")
+            raise ValueError(f"Every loss coefficient is 0: nothing would train ({', '.join(coefs)}).")
         if self.llm_loss_start_step < 0:
             raise ValueError(f"llm_loss_start_step must be >= 0, got {self.llm_loss_start_step}")
         if self.llm_loss_start_step > 0 and self.ctc_loss_coef <= 0:

@@ -28,10 +28,10 @@ from transformers.utils import cached_file
 
 
 try:
-    from .configuration_steermoe import SteerMoEConfig, backbone_not_found_message, resolve_backbone
+    from .configuration_steermoe import LOSS_COEFFICIENTS, SteerMoEConfig, backbone_not_found_message, resolve_backbone
     from .pipeline_steermoe import SteerMoEASRPipeline
 except ImportError:
-    from configuration_steermoe import SteerMoEConfig, backbone_not_found_message, resolve_backbone
+    from configuration_steermoe import LOSS_COEFFICIENTS, SteerMoEConfig, backbone_not_found_message, resolve_backbone
     from pipeline_steermoe import SteerMoEASRPipeline
 
 
@@ -196,11 +196,7 @@ class SteerMoECausalLMOutputWithPast(CausalLMOutputWithPast):
     router_balance_loss: torch.FloatTensor | None = None
 
 
-LOSS_PARTS = ("llm_loss", "kl_loss", "ctc_loss", "frame_norm_loss", "router_balance_loss")
-_LOSS_COEFFICIENTS = {
-    "llm_loss": "ce_loss_coef", "kl_loss": "kl_loss_coef", "ctc_loss": "ctc_loss_coef",
-    "frame_norm_loss": "frame_norm_loss_coef", "router_balance_loss": "router_balance_loss_coef",
-}  # fmt: skip
+LOSS_PARTS = tuple(LOSS_COEFFICIENTS)
 _MAX_PREFIX_CACHES = 8
 
 
@@ -210,6 +206,22 @@ def router_balance_loss(probs: torch.Tensor) -> torch.Tensor:
     experts = probs.shape[-1]
     top_share = nn.functional.one_hot(probs.argmax(-1), experts).float().mean(dim=1)
     return experts * (top_share * probs.mean(dim=1)).sum(-1).mean()
+
+
+def ctc_logits(
+    frames: torch.Tensor,
+    embedding_matrix: torch.Tensor,
+    logit_scale: float = 0.0,
+    inverse_row_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The CTC head's fp32 logits `(num_frames, V)` of `frames` `(num_frames, D)` over the LLM's vocabulary, the
+    matmul in `embedding_matrix`'s dtype: `frames @ embedding_matrix^T`, or with `logit_scale > 0` `logit_scale *
+    cos(frame, row)` (`inverse_row_norms` `(V,)` are the rows' inverse norms)."""
+    dtype = embedding_matrix.dtype
+    if logit_scale > 0:
+        frames = nn.functional.normalize(frames.float(), dim=-1).to(dtype)
+        return (frames @ embedding_matrix.t()).float() * (inverse_row_norms * logit_scale)
+    return (frames.to(dtype) @ embedding_matrix.t()).float()
 
 
 def ctc_loss_over_vocabulary(
@@ -230,18 +242,12 @@ def ctc_loss_over_vocabulary(
         labels: `(batch, len)` the transcript's token ids, -100 where none; a final EOS (`eos_token_ids`) and any
             `blank_id` are dropped from the targets.
         embedding_matrix: `(V, D)` the LLM's input embeddings: a frame is pushed toward the embedding of the token
-            it carries. Logits are `frames @ embedding_matrix^T`, or with `logit_scale > 0` `logit_scale *
-            cos(frame, row)` (`inverse_row_norms` `(V,)` are the rows' inverse norms).
+            it carries; the logits are `ctc_logits(frames, embedding_matrix, logit_scale, inverse_row_norms)`.
     Returns:
         The mean over examples of the loss per target token (torch's "mean" reduction); examples whose transcript
         cannot fit their frames give 0 (`zero_infinity`).
     """
-    dtype = embedding_matrix.dtype
-    if logit_scale > 0:
-        frames = nn.functional.normalize(frames.float(), dim=-1).to(dtype)
-        logits = (frames @ embedding_matrix.t()).float() * (inverse_row_norms * logit_scale)
-    else:
-        logits = (frames.to(dtype) @ embedding_matrix.t()).float()
+    logits = ctc_logits(frames, embedding_matrix, logit_scale, inverse_row_norms)
     per_example = nn.utils.rnn.pad_sequence(list(logits.log_softmax(-1).split(frame_counts.tolist())))
     targets, target_lengths = [], []
     eos = torch.tensor(eos_token_ids or [], device=labels.device)
@@ -619,7 +625,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if config.router_balance_loss_coef > 0 and router_logits:
             probs = torch.stack([logits.float().softmax(-1) for logits in router_logits])
             parts["router_balance_loss"] = router_balance_loss(probs)
-        loss = sum(getattr(config, _LOSS_COEFFICIENTS[name]) * value for name, value in parts.items())
+        loss = sum(getattr(config, LOSS_COEFFICIENTS[name]) * value for name, value in parts.items())
         if "llm_loss" not in parts:  # the LLM's LoRA takes no part in the warm-up: keep it in the graph for DDP
             loss = loss + sum(param.sum() for param in self._llm_lora_parameters()) * 0.0
         return SteerMoECausalLMOutputWithPast(
@@ -663,17 +669,13 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Returns:
             One list of LLM token ids per row (`processor.batch_decode` turns them into text).
         """
-        blank = self.config.ctc_blank_token_id
-        if blank is None:
-            raise ValueError("ctc_readout needs config.ctc_blank_token_id (the CTC blank the adapter was trained with).")
+        blank = self._ctc_blank()
         inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
         placeholder_mask = self.get_placeholder_mask(input_ids)
-        frames = inputs_embeds[placeholder_mask].float()
-        weight = self.get_input_embeddings().weight.float()
-        if self.config.ctc_logit_scale > 0:
-            scores = nn.functional.normalize(frames, dim=-1) @ weight.t() * self._embedding_row_norms()[0]
-        else:
-            scores = frames @ weight.t()
+        scores = ctc_logits(
+            inputs_embeds[placeholder_mask], self.get_input_embeddings().weight.float(), self.config.ctc_logit_scale,
+            self._embedding_row_norms()[0],
+        )  # fmt: skip
         labels = scores.argmax(-1).split(placeholder_mask.sum(1).tolist())
         tokens = []
         for row in labels:
@@ -771,15 +773,19 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             cached = self.__dict__["_row_norms"] = (key, norms.clamp_min(1e-12).reciprocal(), float(norms.mean()))
         return cached[1], cached[2]
 
+    def _ctc_blank(self) -> int:
+        """The CTC blank the head is trained (and read) with."""
+        if self.config.ctc_blank_token_id is None:
+            raise ValueError(
+                "The CTC head needs its blank token: set config.ctc_blank_token_id (e.g. the id of the LLM tokenizer's "
+                "single-space token); it is resolved automatically when the LLM is given by id."
+            )
+        return self.config.ctc_blank_token_id
+
     def _ctc_loss(self, frames, frame_counts, transcript_labels, labels):
         """`ctc_loss_over_vocabulary` of the frames against `transcript_labels` (else `labels`), over the LLM's
         input embeddings (in bf16 when the LLM is, else fp32), blank `ctc_blank_token_id`."""
-        blank = self.config.ctc_blank_token_id
-        if blank is None:
-            raise ValueError(
-                "ctc_loss_coef > 0 needs the CTC blank token: set config.ctc_blank_token_id (e.g. the id of the LLM "
-                "tokenizer's single-space token); it is resolved automatically when the LLM is given by id."
-            )
+        blank = self._ctc_blank()
         weight = self.get_input_embeddings().weight.detach()
         weight = weight if weight.dtype == torch.bfloat16 else weight.float()
         eos = self.generation_config.eos_token_id

@@ -38,11 +38,11 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 
 try:
-    from .configuration_steermoe import SteerMoEConfig
+    from .configuration_steermoe import LOSS_FIELDS, SteerMoEConfig
     from .modeling_steermoe import LOSS_PARTS, SteerMoEForConditionalGeneration
     from .processing_steermoe import SteerMoEProcessor, load_audio
 except ImportError:
-    from configuration_steermoe import SteerMoEConfig
+    from configuration_steermoe import LOSS_FIELDS, SteerMoEConfig
     from modeling_steermoe import LOSS_PARTS, SteerMoEForConditionalGeneration
     from processing_steermoe import SteerMoEProcessor, load_audio
 
@@ -62,12 +62,6 @@ RECORDED_TRAINING_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
     "steering_learning_rate", "learning_rate", "projector_learning_rate", "lr_scheduler_type", "warmup_steps",
     "llm_dtype", "bf16", "seed",
-)  # fmt: skip
-# ModelArguments that set the SteerMoEConfig's training-loss fields (None keeps the config's value).
-LOSS_CONFIG_ARGS = (
-    "ce_loss_coef", "ctc_loss_coef", "ctc_logit_scale", "ctc_blank_token_id", "frame_norm_loss_coef",
-    "router_balance_loss_coef", "llm_loss_start_step", "target_logits_only", "cache_prompt_prefix", "kl_loss_coef",
-    "kl_temperature",
 )  # fmt: skip
 
 
@@ -765,7 +759,7 @@ def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets
 
 def build_model_and_processor(model_args: ModelArguments):
     dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
-    loss_fields = {key: getattr(model_args, key) for key in LOSS_CONFIG_ARGS if getattr(model_args, key) is not None}
+    loss_fields = {key: getattr(model_args, key) for key in LOSS_FIELDS if getattr(model_args, key) is not None}
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
         model.config.update(loss_fields)
@@ -902,7 +896,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             write_predictions(trainer, output_dir / "oracle_predictions.jsonl", trainer.last_oracle_predictions)
     report["data"]["skipped_in_collator"] = dict(train_collator.skipped + eval_collator.skipped)
     report["recipe"] = {"model": asdict(model_args), "data": asdict(data_args)}
-    report["loss"] = {key: getattr(config, key) for key in LOSS_CONFIG_ARGS}  # the model's recipe, as saved
+    report["loss"] = {key: getattr(config, key) for key in LOSS_FIELDS}  # the model's recipe, as saved
     report["training_args"] = {key: getattr(training_args, key) for key in RECORDED_TRAINING_ARGS}
     report["peak_memory_mb"] = peak_memory_mb()
     if trainer.is_world_process_zero():
