@@ -905,6 +905,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         sys.stdout.write(summarize(report) + "\n")
         if push_to_hub:
             trainer.push_to_hub()
+    if dist.is_available() and dist.is_initialized():  # ranks leave together; an open gloo group can abort the exit
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
     return report
 
 
