@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 ALIGNER_TYPES = ("layerwise", "per_layer_router", "post_encoder", "linear")
 POOLING_TYPES = ("max", "avg", None)
 PROJECTOR_TYPES = ("linear", "mlp")
+FRAME_COMPRESSIONS = (None, "ctc_argmax", "ctc_threshold")
 
 
 LOSS_COEFFICIENTS = {  # each part of the training loss (`forward`'s output) -> the config field that weighs it
@@ -164,6 +165,14 @@ class SteerMoEConfig(PreTrainedConfig):
         pooling_type (`str`, *optional*, defaults to `"max"`): `"max"`, `"avg"` or `None` (no temporal pooling).
         pooling_kernel_size (`int`, *optional*, defaults to 4): Pooling kernel and stride (50 Hz -> 12.5 Hz).
         projector_type (`str`, *optional*, defaults to `"linear"`): `"linear"` or `"mlp"` (Linear-GELU-Linear).
+        frame_compression (`str`, *optional*): CTC compression of the projected frames before the LLM reads them,
+            decided by the CTC head (needs `ctc_loss_coef > 0`): `"ctc_argmax"` drops the frames whose best label is
+            the blank, `"ctc_threshold"` those whose blank probability exceeds `ctc_blank_threshold`; each run of
+            consecutive kept frames with the same best label becomes their mean. The processor still writes the
+            fixed-rate placeholder count; the model removes the placeholders it does not fill. `None` (default):
+            every frame.
+        ctc_blank_threshold (`float`, *optional*, defaults to 0.95): The blank probability above which
+            `"ctc_threshold"` drops a frame.
         encoder_lora_rank (`int`, *optional*, defaults to 0): LoRA rank on the encoder's attention and FFN (the
             paper's "LoRA-tuned encoder" baseline, through peft); 0 is off.
         encoder_lora_alpha (`float`, *optional*, defaults to 16): Its scaling numerator.
@@ -242,6 +251,8 @@ class SteerMoEConfig(PreTrainedConfig):
     pooling_type: str | None = "max"
     pooling_kernel_size: int = 4
     projector_type: str = "linear"
+    frame_compression: str | None = None
+    ctc_blank_threshold: float = 0.95
     encoder_lora_rank: int = 0
     encoder_lora_alpha: float = 16.0
     encoder_lora_target_modules: list[str] | None = None
@@ -314,7 +325,8 @@ class SteerMoEConfig(PreTrainedConfig):
         self.validate_loss()
 
     def validate_loss(self):
-        """Check the loss fields together (call again after changing them on a built config)."""
+        """Check the recipe's fields together, the frame compression with them (call again after changing them on a
+        built config)."""
         coefs = {name: getattr(self, name) for name in LOSS_COEFFICIENTS.values()}
         negative = [name for name, value in coefs.items() if value < 0]
         if negative:
@@ -323,6 +335,15 @@ class SteerMoEConfig(PreTrainedConfig):
             raise ValueError(f"Every loss coefficient is 0: nothing would train ({', '.join(coefs)}).")
         if self.llm_loss_start_step < 0:
             raise ValueError(f"llm_loss_start_step must be >= 0, got {self.llm_loss_start_step}")
+        if self.frame_compression not in FRAME_COMPRESSIONS:
+            raise ValueError(f"frame_compression must be one of {FRAME_COMPRESSIONS}, got {self.frame_compression!r}")
+        if not 0 < self.ctc_blank_threshold < 1:
+            raise ValueError(f"ctc_blank_threshold must be in (0, 1), got {self.ctc_blank_threshold}")
+        if self.frame_compression is not None and self.ctc_loss_coef <= 0:
+            raise ValueError(
+                f"frame_compression={self.frame_compression!r} keeps the frames the CTC head reads as labels, and "
+                "only ctc_loss_coef > 0 trains that head: set it (the recipe's 1.0) or turn the compression off."
+            )
         if self.llm_loss_start_step > 0 and self.ctc_loss_coef <= 0:
             raise ValueError(
                 f"llm_loss_start_step={self.llm_loss_start_step} is a CTC-only warm-up and needs ctc_loss_coef > 0: "

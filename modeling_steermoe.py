@@ -269,6 +269,60 @@ def ctc_loss_over_vocabulary(
     )
 
 
+def ctc_compress(
+    inputs_embeds: torch.Tensor, placeholder_mask: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CTC compression of the audio frames in the LLM's input, vectorised over the batch.
+
+    Each run of kept frames at consecutive placeholder positions with the same label becomes one frame, their mean,
+    at the run's first position; frames not kept are dropped. Placeholders of different clips or windows are
+    separate runs only where text stands between them.
+
+    Args:
+        inputs_embeds: `(batch, seq_len, D)` the LLM's input with the audio frames at the placeholders.
+        placeholder_mask: `(batch, seq_len)` bool, the audio placeholders.
+        labels: `(batch, seq_len)` each frame's best CTC label (any value elsewhere).
+        keep: `(batch, seq_len)` bool, the frames to keep (a subset of `placeholder_mask`).
+    Returns:
+        `inputs_embeds` with each run's mean at its first position, and the bool mask `(batch, seq_len)` of the
+        placeholders to remove (the dropped frames and the rest of each run).
+    """
+    previous_kept = nn.functional.pad(keep[:, :-1], (1, 0))
+    previous_label = nn.functional.pad(labels[:, :-1], (1, 0), value=-1)
+    starts = keep & ~(previous_kept & (labels == previous_label))
+    run_index = starts.flatten().cumsum(0) - 1  # the run of every position (meaningful where kept)
+    flat_keep = keep.flatten()
+    num_runs = int(starts.sum())
+    hidden = inputs_embeds.shape[-1]
+    members = run_index[flat_keep]
+    sums = inputs_embeds.new_zeros(num_runs, hidden, dtype=torch.float32).index_add(
+        0, members, inputs_embeds.reshape(-1, hidden)[flat_keep].float()
+    )
+    sizes = torch.zeros(num_runs, device=inputs_embeds.device).index_add(0, members, torch.ones_like(members, dtype=torch.float32))
+    means = (sums / sizes[:, None]).to(inputs_embeds.dtype)
+    compressed = inputs_embeds.masked_scatter(starts[..., None], means)
+    return compressed, placeholder_mask & ~starts
+
+
+def remove_positions(remove: torch.Tensor, inputs_embeds, input_ids, attention_mask=None, labels=None, pad_token_id=0):
+    """Remove the positions in `remove` `(batch, seq_len)` from each row, the others kept in order and packed to
+    the left; rows are padded on the right to the longest (`pad_token_id`, attention 0, label -100).
+
+    Returns `(inputs_embeds, input_ids, attention_mask, labels)` of width `max(seq_len - removed)`."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    order = remove.int().argsort(dim=1, stable=True)
+    width = int((~remove).sum(1).max())
+    index = order[:, :width]
+    filled = torch.arange(width, device=remove.device) < (~remove).sum(1, keepdim=True)
+    inputs_embeds = inputs_embeds.gather(1, index[..., None].expand(-1, -1, inputs_embeds.shape[-1]).to(inputs_embeds.device))
+    input_ids = input_ids.gather(1, index).masked_fill(~filled, pad_token_id)
+    attention_mask = attention_mask.gather(1, index.to(attention_mask.device)).masked_fill(~filled.to(attention_mask.device), 0)
+    if labels is not None:
+        labels = labels.gather(1, index.to(labels.device)).masked_fill(~filled.to(labels.device), -100)
+    return inputs_embeds, input_ids, attention_mask, labels
+
+
 def frame_norm_loss(frames: torch.Tensor, target_norm: float) -> torch.Tensor:
     """`mean((|frame| / target_norm - 1)^2)` over `frames` `(num_frames, D)`: keeps the projected frames at the
     token embeddings' mean norm, where the LLM reads them."""
@@ -608,9 +662,12 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
         parts, outputs = {}, {}
         if self._llm_loss_this_step():
-            prefix = self._prompt_prefix_cache(input_ids)
-            logits, outputs = self._target_logits(inputs_embeds, attention_mask, labels, prefix, **kwargs)
-            targets = labels[:, 1:][labels[:, 1:] != -100].to(logits.device)
+            llm_embeds, llm_ids, llm_mask, llm_labels = self._compressed_llm_inputs(
+                input_ids, inputs_embeds, attention_mask, labels
+            )
+            prefix = self._prompt_prefix_cache(llm_ids)
+            logits, outputs = self._target_logits(llm_embeds, llm_mask, llm_labels, prefix, **kwargs)
+            targets = llm_labels[:, 1:][llm_labels[:, 1:] != -100].to(logits.device)
             parts["llm_loss"] = nn.functional.cross_entropy(logits.float(), targets)
             outputs["logits"] = outputs.get("logits", logits)
             if config.kl_loss_coef > 0:
@@ -637,12 +694,16 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         output_router_logits, **kwargs,
     ):  # fmt: skip
         """The LLM on the prompt with the audio merged in (or on text alone, exactly the base LLM); its loss is its
-        own shifted cross-entropy over `labels`."""
+        own shifted cross-entropy over `labels`. With `frame_compression` the LLM reads the compressed frames, and
+        its logits are those of the prompt without the placeholders the compression left unfilled."""
         router_logits = None
         text_only = input_features is None
         if not text_only and inputs_embeds is None:
             inputs_embeds, router_logits = self._merge_audio_into_embeddings(
                 input_ids, input_features, feature_attention_mask, output_router_logits
+            )
+            inputs_embeds, _, attention_mask, labels = self._compressed_llm_inputs(
+                input_ids, inputs_embeds, attention_mask, labels
             )
             input_ids = None
         with self._llm_lora_enabled(not text_only or self.config.lora_for_text_only):
@@ -684,6 +745,19 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             row = row[keep]
             tokens.append(row[row != blank].tolist())
         return tokens
+
+    def _compressed_llm_inputs(self, input_ids, inputs_embeds, attention_mask=None, labels=None):
+        """The LLM's inputs after `frame_compression`: `(inputs_embeds, input_ids, attention_mask, labels)` with the
+        unfilled placeholders removed (`remove_positions`); unchanged without compression."""
+        if self.config.frame_compression is None:
+            return inputs_embeds, input_ids, attention_mask, labels
+        inputs_embeds, remove = self._compress_frames(input_ids, inputs_embeds)
+        remove = remove.to(input_ids.device)
+        return remove_positions(remove, inputs_embeds, input_ids, attention_mask, labels, self._pad_token_id())
+
+    def _pad_token_id(self) -> int:
+        pad = self.generation_config.pad_token_id
+        return pad if pad is not None else 0
 
     def _llm_loss_this_step(self) -> bool:
         """Whether this forward runs the LLM: always outside training; in training, from the
@@ -782,12 +856,47 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
         return self.config.ctc_blank_token_id
 
+    def _ctc_head_weight(self) -> torch.Tensor:
+        """The matrix the CTC head scores frames against: the LLM's input embeddings, detached, in bf16 when the
+        LLM is, else fp32."""
+        weight = self.get_input_embeddings().weight.detach()
+        return weight if weight.dtype == torch.bfloat16 else weight.float()
+
+    @torch.no_grad()
+    def _compression_choice(self, inputs_embeds, placeholder_mask):
+        """The CTC head's decision for `frame_compression`: each placeholder frame's best label and whether it is
+        kept, both `(batch, seq_len)` (the LLM's loss trains through the kept frames, not through this choice)."""
+        blank = self._ctc_blank()
+        scores = ctc_logits(
+            inputs_embeds[placeholder_mask], self._ctc_head_weight(), self.config.ctc_logit_scale,
+            self._embedding_row_norms()[0],
+        )  # fmt: skip
+        best = scores.argmax(-1)
+        if self.config.frame_compression == "ctc_argmax":
+            kept = best != blank
+        else:
+            kept = (scores[:, blank] - scores.logsumexp(-1)).exp() <= self.config.ctc_blank_threshold
+        labels = torch.full(placeholder_mask.shape, -1, dtype=torch.long, device=placeholder_mask.device)
+        labels[placeholder_mask] = best.to(labels.device)
+        keep = torch.zeros_like(placeholder_mask)
+        keep[placeholder_mask] = kept.to(keep.device)
+        return labels, keep
+
+    def _compress_frames(self, input_ids, inputs_embeds):
+        """`ctc_compress` of the audio frames of `inputs_embeds` `(batch, seq_len, D)` as `frame_compression` says:
+        the compressed embeddings and the mask `(batch, seq_len)` of the placeholders to remove (all False without
+        compression)."""
+        placeholder_mask = self.get_placeholder_mask(input_ids).to(inputs_embeds.device)
+        if self.config.frame_compression is None:
+            return inputs_embeds, torch.zeros_like(placeholder_mask)
+        labels, keep = self._compression_choice(inputs_embeds, placeholder_mask)
+        return ctc_compress(inputs_embeds, placeholder_mask, labels, keep)
+
     def _ctc_loss(self, frames, frame_counts, transcript_labels, labels):
         """`ctc_loss_over_vocabulary` of the frames against `transcript_labels` (else `labels`), over the LLM's
         input embeddings (in bf16 when the LLM is, else fp32), blank `ctc_blank_token_id`."""
         blank = self._ctc_blank()
-        weight = self.get_input_embeddings().weight.detach()
-        weight = weight if weight.dtype == torch.bfloat16 else weight.float()
+        weight = self._ctc_head_weight()
         eos = self.generation_config.eos_token_id
         return ctc_loss_over_vocabulary(
             frames, frame_counts, labels if transcript_labels is None else transcript_labels, weight, blank,
@@ -850,6 +959,18 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
             llm_input_ids = input_ids.masked_fill(self.get_placeholder_mask(input_ids), pad_id)
+            inputs_embeds, remove = self._compress_frames(input_ids, inputs_embeds)
+            if bool(remove.any()):  # unfilled placeholders become left padding: the prompt keeps its width
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                order = (~remove).int().argsort(dim=1, stable=True).to(input_ids.device)
+                llm_input_ids = llm_input_ids.gather(1, order)
+                attention_mask = attention_mask.masked_fill(remove.to(attention_mask.device), 0).gather(
+                    1, order.to(attention_mask.device)
+                )
+                inputs_embeds = inputs_embeds.gather(
+                    1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]).to(inputs_embeds.device)
+                )
             output = self.language_model.generate(
                 input_ids=llm_input_ids,
                 inputs_embeds=inputs_embeds,

@@ -87,6 +87,17 @@ class ModelArguments:
     pooling_type: str = field(default="max", metadata={"help": "max, avg or none."})
     pooling_kernel_size: int = field(default=4)
     projector_type: str = field(default="linear", metadata={"help": "linear or mlp."})
+    frame_compression: str | None = field(
+        default=None,
+        metadata={
+            "help": "CTC compression of the frames before the LLM: ctc_argmax (drop best-label-blank frames) or "
+            "ctc_threshold (drop frames whose blank probability exceeds --ctc_blank_threshold), runs of one label "
+            "averaged; none turns it off. Needs the CTC loss. With --adapter, None keeps the adapter's."
+        },
+    )
+    ctc_blank_threshold: float | None = field(
+        default=None, metadata={"help": "ctc_threshold's blank probability (config default 0.95)."}
+    )
     backbone_dtype: str = field(
         default="auto", metadata={"help": "dtype of the frozen backbones: auto, float32, bfloat16 or float16."}
     )
@@ -760,6 +771,9 @@ def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets
 def build_model_and_processor(model_args: ModelArguments):
     dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
     loss_fields = {key: getattr(model_args, key) for key in LOSS_FIELDS if getattr(model_args, key) is not None}
+    for key in ("frame_compression", "ctc_blank_threshold"):
+        if getattr(model_args, key) is not None:
+            loss_fields[key] = None if getattr(model_args, key) in ("none", "") else getattr(model_args, key)
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
         model.config.update(loss_fields)

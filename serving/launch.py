@@ -58,8 +58,10 @@ def vllm_arguments(adapter: str, extra: list[str], workdir: str) -> list[str]:
     """The vLLM server arguments for `adapter`: SteerMoE's defaults (module docstring) then `extra`."""
     from transformers import GenerationConfig
 
-    from serving.vllm_steermoe import load_processor
+    from configuration_steermoe import SteerMoEConfig
+    from serving.vllm_steermoe import check_servable, load_processor
 
+    check_servable(SteerMoEConfig.from_pretrained(adapter))
     given = {argument.split("=", 1)[0] for argument in extra if argument.startswith("--")}
     arguments = ["--model", adapter]
     if "--host" not in given:

@@ -177,6 +177,27 @@ class SteerMoEMultiModalProcessor(BaseMultiModalProcessor[SteerMoEProcessingInfo
 @MULTIMODAL_REGISTRY.register_processor(
     SteerMoEMultiModalProcessor, info=SteerMoEProcessingInfo, dummy_inputs=SteerMoEDummyInputsBuilder
 )
+def check_servable(config) -> None:
+    """Raise saying why the vLLM plugin cannot serve the adapter of this `SteerMoEConfig`, if it cannot."""
+    if config.audio_model_id is None or config.text_model_id is None:
+        raise ValueError(
+            "Serving needs an adapter whose backbones are named by id (audio_model_id and text_model_id): this "
+            "one was built from full configs, so its backbone weights exist nowhere."
+        )
+    if config.lora_rank:
+        raise NotImplementedError(
+            "This adapter puts LoRA on the LLM (lora_rank > 0), which the vLLM plugin does not serve; serve it "
+            "with transformers, or train without LLM LoRA."
+        )
+    if getattr(config, "frame_compression", None) is not None:
+        raise NotImplementedError(
+            f"This adapter compresses its audio frames (frame_compression={config.frame_compression!r}), so the "
+            "number of audio tokens depends on what is said, while vLLM reserves a prompt's tokens before the "
+            "model runs; the vLLM plugin does not serve it. Serve it with transformers (pipeline, CLI), or train "
+            "without frame compression."
+        )
+
+
 class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
     """A SteerMoE adapter served by vLLM.
 
@@ -211,16 +232,7 @@ class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         config = vllm_config.model_config.hf_config
-        if config.audio_model_id is None or config.text_model_id is None:
-            raise ValueError(
-                "Serving needs an adapter whose backbones are named by id (audio_model_id and text_model_id): this "
-                "one was built from full configs, so its backbone weights exist nowhere."
-            )
-        if config.lora_rank:
-            raise NotImplementedError(
-                "This adapter puts LoRA on the LLM (lora_rank > 0), which the vLLM plugin does not serve; serve it "
-                "with transformers, or train without LLM LoRA."
-            )
+        check_servable(config)
         self.config = config
         self.gradient_checkpointing = False
         with self._mark_tower_model(vllm_config, "audio"):
@@ -342,4 +354,4 @@ def split_like_the_pipeline(split_audio):
     return split
 
 
-__all__ = ["SteerMoEForVLLM", "count_audio_tokens", "load_processor", "split_like_the_pipeline"]
+__all__ = ["SteerMoEForVLLM", "check_servable", "count_audio_tokens", "load_processor", "split_like_the_pipeline"]

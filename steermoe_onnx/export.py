@@ -81,6 +81,12 @@ def check_exportable(model) -> None:
             "LLM, while this model runs its LLM with LoRA on audio prompts and without it on text. Run it with the "
             "PyTorch backend."
         )
+    if config.frame_compression is not None:
+        raise ValueError(
+            f"ONNX export does not support frame_compression={config.frame_compression!r}: the exported graphs give "
+            "the LLM every audio frame, while this adapter's LLM reads the CTC-compressed frames only. Run it with "
+            "the PyTorch backend."
+        )
     layer_types, _ = get_layer_types_and_kwargs(config.text_config.get_text_config(decoder=True))
     if any(layer_type != "full_attention" for layer_type in layer_types):
         raise ValueError(

@@ -156,6 +156,12 @@ def test_unsupported_models_and_options_are_refused(exported, backbone_dirs, tmp
     )
     with pytest.raises(ValueError, match="LoRA on the LLM"):
         export_onnx(lora, processor, tmp_path / "lora")
+    compressed = SteerMoEForConditionalGeneration(
+        SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir), ctc_loss_coef=1.0,
+                       frame_compression="ctc_threshold"), dtype=torch.float32,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="frame_compression='ctc_threshold'"):
+        export_onnx(compressed, processor, tmp_path / "compressed")
     bf16 = SteerMoEForConditionalGeneration(
         SteerMoEConfig(audio_model_id=str(audio_dir), text_model_id=str(text_dir)), dtype=torch.bfloat16
     )

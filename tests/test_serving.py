@@ -5,6 +5,7 @@ environment (`.venv-serving`, built by scripts/setup_serving.sh); skipped elsewh
 
 import concurrent.futures
 import json
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -294,6 +295,17 @@ def test_launcher_adds_steermoe_defaults_and_keeps_user_arguments(openai, adapte
 
     custom = vllm_arguments(adapter, ["--host", "0.0.0.0", "--override-generation-config", "{}"], str(tmp_path))
     assert custom.count("--host") == 1 and custom.count("--override-generation-config") == 1
+
+
+def test_adapters_vllm_cannot_serve_are_refused_before_vllm_starts(adapter, tmp_path):
+    from serving.launch import vllm_arguments
+
+    compressed = tmp_path / "compressed"
+    shutil.copytree(adapter, compressed)
+    config = json.loads((compressed / "config.json").read_text())
+    (compressed / "config.json").write_text(json.dumps({**config, "ctc_loss_coef": 1.0, "frame_compression": "ctc_argmax"}))
+    with pytest.raises(NotImplementedError, match="frame_compression='ctc_argmax'.*Serve it with transformers"):
+        vllm_arguments(str(compressed), [], str(tmp_path))
 
 
 def test_throughput_benchmark_runs_against_the_server(client, adapter, tmp_path):
