@@ -19,6 +19,7 @@ from transformers import (
     GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
+    StopStringCriteria,
 )
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
@@ -335,6 +336,125 @@ def distillation_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     student = (student_logits.float() / temperature).log_softmax(-1)
     teacher = (teacher_logits.float() / temperature).log_softmax(-1)
     return nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+
+
+# Generation settings under which CTC-drafted decoding equals plain greedy decoding: these unset or at these values (no
+# logits processor, no extra outputs), and only these keyword arguments to `generate`.
+_DRAFT_NEUTRAL_SETTINGS = {
+    "do_sample": False, "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
+    "min_new_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "guidance_scale": None, "watermarking_config": None, "return_dict_in_generate": False,
+    "output_scores": False, "output_logits": False, "assistant_model": None, "prompt_lookup_num_tokens": None,
+    "cache_implementation": None, "max_time": None,
+}  # fmt: skip
+_DRAFT_NEUTRAL_KWARGS = {"stopping_criteria", "streamer", "tokenizer"}
+DEFAULT_DRAFT_TOKENS = 10
+
+
+class CTCDraftedGreedyDecoding:
+    """Greedy decoding of one prompt in which the CTC head's readout of the audio drafts the transcript: each LLM
+    pass scores the last token and up to `num_draft_tokens` draft tokens, accepts the longest run of draft tokens
+    that equals the LLM's own greedy choices, and adds the LLM's next choice after it. Every token is the LLM's
+    greedy choice, so the text equals plain greedy decoding; passes that accept draft tokens save LLM passes.
+
+    The draft continues where the tokens decoded so far last match it (the longest of their last 3, 2 or 1 tokens
+    found in the draft, the first occurrence at or after the previous match); with no match a pass scores one token.
+
+    Attributes:
+        passes (`int`), tokens (`int`): LLM passes after the prompt and tokens decoded (`tokens / (passes + 1)` tokens
+            per LLM pass, the prompt's pass included).
+    """
+
+    def __init__(self, language_model, draft: list[int], num_draft_tokens: int = DEFAULT_DRAFT_TOKENS):
+        self.language_model = language_model
+        self.draft = draft
+        self.num_draft_tokens = num_draft_tokens
+        self.passes = self.tokens = 0
+        self._cursor = 0
+
+    def continuation(self, decoded: list[int]) -> list[int]:
+        """The draft tokens proposed after `decoded` (possibly none)."""
+        draft = self.draft
+        for size in (3, 2, 1):
+            if len(decoded) < size:
+                continue
+            tail = decoded[-size:]
+            starts = [i for i in range(len(draft) - size + 1) if draft[i : i + size] == tail]
+            if starts:
+                start = next((i for i in starts if i + size >= self._cursor), starts[0]) + size
+                self._cursor = start
+                return draft[start : start + self.num_draft_tokens]
+        return []
+
+    @torch.no_grad()
+    def decode(self, input_ids, inputs_embeds, attention_mask, max_new_tokens, eos_token_ids, stopping_criteria=(), streamer=None):
+        """Args:
+            input_ids: `(1, prompt_len)` the prompt as the LLM's `generate` would see it (what criteria read).
+            inputs_embeds: `(1, prompt_len, D)` its embeddings; attention_mask: `(1, prompt_len)` (left padding).
+            max_new_tokens (`int`); eos_token_ids (`list[int]`); stopping_criteria: called as `generate` calls them,
+                after each token; streamer: gets the prompt, then each accepted token.
+        Returns:
+            `(1, prompt_len + new_tokens)`."""
+        llm = self.language_model
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        cache = DynamicCache(config=llm.config)
+        logits = llm(
+            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]  # fmt: skip
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        sequence, decoded, next_position = input_ids, [], int(positions[0, -1]) + 1
+        while True:
+            accepted, candidates = [], []
+            token = int(logits[0].argmax())
+            scores = [logits]
+            if len(decoded) + 1 < max_new_tokens and token not in eos_token_ids:
+                candidates = self.continuation(decoded + [token])[: max_new_tokens - len(decoded) - 1]
+            if candidates:  # score `token` and the draft in one pass
+                step = torch.tensor([[token, *candidates]], device=input_ids.device)
+                mask = torch.cat([mask, mask.new_ones(1, step.shape[1])], dim=1)
+                step_positions = torch.arange(next_position, next_position + step.shape[1], device=input_ids.device)
+                step_logits = llm(
+                    input_ids=step, attention_mask=mask, position_ids=step_positions[None], past_key_values=cache,
+                    use_cache=True,
+                ).logits[0]  # fmt: skip
+                self.passes += 1
+                choices = step_logits.argmax(-1).tolist()
+                matched = 0
+                while matched < len(candidates) and candidates[matched] == choices[matched]:
+                    matched += 1
+                accepted = candidates[:matched]
+                scores += [step_logits[i : i + 1] for i in range(matched)]
+                kept = cache.get_seq_length() - (len(candidates) - matched)
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, :kept], layer.values[:, :, :kept]
+                mask = mask[:, :kept]
+                next_position += 1 + matched
+                logits = step_logits[matched : matched + 1]
+            for new_token, new_scores in zip([token, *accepted], scores):
+                decoded.append(new_token)
+                sequence = torch.cat([sequence, sequence.new_tensor([[new_token]])], dim=1)
+                if streamer is not None:
+                    streamer.put(sequence.new_tensor([new_token]).cpu())
+                stop = new_token in eos_token_ids or len(decoded) >= max_new_tokens
+                if stop or any(bool(criterion(sequence, new_scores).any()) for criterion in stopping_criteria):
+                    self.tokens += len(decoded)
+                    if streamer is not None:
+                        streamer.end()
+                    return sequence
+            if not candidates:  # a plain greedy step
+                step = torch.tensor([[token]], device=input_ids.device)
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                logits = llm(
+                    input_ids=step, attention_mask=mask, position_ids=step.new_tensor([[next_position]]),
+                    past_key_values=cache, use_cache=True,
+                ).logits[:, -1]  # fmt: skip
+                self.passes += 1
+                next_position += 1
 
 
 class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -730,9 +850,12 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Returns:
             One list of LLM token ids per row (`processor.batch_decode` turns them into text).
         """
-        blank = self._ctc_blank()
         inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
-        placeholder_mask = self.get_placeholder_mask(input_ids)
+        return self._ctc_greedy_tokens(inputs_embeds, self.get_placeholder_mask(input_ids))
+
+    def _ctc_greedy_tokens(self, inputs_embeds, placeholder_mask) -> list[list[int]]:
+        """The CTC head's greedy readout of the frames at `placeholder_mask` in `inputs_embeds`, one list per row."""
+        blank = self._ctc_blank()
         scores = ctc_logits(
             inputs_embeds[placeholder_mask], self.get_input_embeddings().weight.float(), self.config.ctc_logit_scale,
             self._embedding_row_norms()[0],
@@ -926,9 +1049,16 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         input_features: torch.FloatTensor | None = None,
         feature_attention_mask: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
+        ctc_drafts: bool | None = None,
         **kwargs,
     ) -> torch.LongTensor:
         """Generate from a prompt with audio placeholders, or from text alone exactly as the base LLM.
+
+        `ctc_drafts`: decode with the CTC head's readout of the audio as a draft ([`CTCDraftedGreedyDecoding`]: the
+        same tokens as plain greedy decoding, in fewer LLM passes). By default (`None`) it is used where it gives
+        exactly plain greedy decoding's output: one prompt with audio, an adapter trained with the CTC loss, greedy
+        decoding with no logits processor and no output but the sequences, an LLM with full attention only; `False`
+        turns it off; `True` raises where it cannot be used.
 
         The model's `generation_config` (saved with the adapter: greedy, the LLM's EOS, any `stop_strings`) applies
         with no extra arguments; keyword arguments override it. Stop strings need a tokenizer: the LLM's own is
@@ -955,6 +1085,9 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
                 )
             inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            drafting = self._ctc_drafting(ctc_drafts, input_ids, generation_config, kwargs)
+            if drafting:
+                draft = self._ctc_greedy_tokens(inputs_embeds, self.get_placeholder_mask(input_ids))[0]
             # The LLM sees the prompt ids (placeholders as padding, which the embeddings replace) so that its output,
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
@@ -971,16 +1104,57 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 inputs_embeds = inputs_embeds.gather(
                     1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]).to(inputs_embeds.device)
                 )
-            output = self.language_model.generate(
-                input_ids=llm_input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
-                **kwargs,
-            )
+            if drafting:
+                eos = generation_config.eos_token_id
+                criteria = list(kwargs.get("stopping_criteria") or [])
+                if generation_config.stop_strings:
+                    criteria.append(StopStringCriteria(kwargs["tokenizer"], generation_config.stop_strings))
+                max_new_tokens = generation_config.max_new_tokens
+                if max_new_tokens is None:
+                    max_new_tokens = generation_config.max_length - input_ids.shape[1]
+                decoding = CTCDraftedGreedyDecoding(self.language_model, draft)
+                output = decoding.decode(
+                    llm_input_ids, inputs_embeds, attention_mask, max_new_tokens,
+                    [] if eos is None else eos if isinstance(eos, list) else [eos], criteria, kwargs.get("streamer"),
+                )  # fmt: skip
+                self.__dict__["_last_ctc_drafting"] = decoding  # its counts, for bench/ctc_drafts.py
+            else:
+                output = self.language_model.generate(
+                    input_ids=llm_input_ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    generation_config=generation_config,
+                    **kwargs,
+                )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         sequences[:, : input_ids.shape[1]] = input_ids.to(sequences.device)
         return output
+
+    def _ctc_drafting(self, ctc_drafts: bool | None, input_ids, generation_config, kwargs) -> bool:
+        """Whether `generate` decodes with CTC drafts (see its `ctc_drafts`); `True` where they cannot be used raises
+        saying why."""
+        if ctc_drafts is False:
+            return False
+        reasons = []
+        if input_ids.shape[0] != 1:
+            reasons.append(f"a batch of {input_ids.shape[0]} prompts (drafts decode one prompt)")
+        if self.config.ctc_loss_coef <= 0 or self.config.ctc_blank_token_id is None:
+            reasons.append("an adapter without a trained CTC head (ctc_loss_coef = 0)")
+        changed = [
+            key for key, neutral in _DRAFT_NEUTRAL_SETTINGS.items()
+            if getattr(generation_config, key, None) not in (None, neutral)
+        ]
+        if changed:
+            reasons.append(f"generation settings beyond greedy decoding ({', '.join(changed)})")
+        other = sorted(key for key, value in kwargs.items() if value is not None and key not in _DRAFT_NEUTRAL_KWARGS)
+        if other:
+            reasons.append(f"generate arguments {other}")
+        layer_types = getattr(self.config.text_config, "layer_types", None) or ["full_attention"]
+        if any(layer_type != "full_attention" for layer_type in layer_types):
+            reasons.append("an LLM with other than full attention layers")
+        if reasons and ctc_drafts:
+            raise ValueError(f"ctc_drafts=True cannot decode exactly as greedy decoding here: {'; '.join(reasons)}.")
+        return not reasons
 
     def _check_context(self, input_ids: torch.Tensor) -> None:
         """Raise when a prompt with its audio does not fit the LLM's context (`max_position_embeddings`)."""
