@@ -16,6 +16,7 @@ SCRIPTS = {
     "variable_length": ["--clips", "4", "--batch", "2"],
     "inference": ["--seconds", "2", "--new_tokens", "4"],
     "pipeline_rtf": ["--clips", "3", "--batch_sizes", "1", "2", "--new_tokens", "2"],
+    "ctc_drafts": ["--new_tokens", "6"],
 }
 
 
