@@ -130,6 +130,9 @@ def parse_args(argv=None):
                         help=f"No-speech gate for transcription: clips whose loudest 30 ms is below this level (dBFS) "
                              f"give an empty transcript (default: the model's processor, {DEFAULT_SPEECH_THRESHOLD_DB:g}).")  # fmt: skip
     parser.add_argument("--no-speech-gate", action="store_true", help="Transcribe every clip, even silent ones.")
+    parser.add_argument("--no-ctc-drafts", action="store_true",
+                        help="Decode without the CTC head's drafts (the text is the same; drafts only save LLM passes "
+                             "where they apply: one clip at a time, a CTC-trained adapter, PyTorch backend).")  # fmt: skip
     args = parser.parse_args(argv)
     if args.task == "qa" and not args.prompt:
         parser.error("--task qa needs --prompt with the question")
@@ -139,6 +142,8 @@ def parse_args(argv=None):
         parser.error("--stream writes one clip's text at a time: it takes --format text and --batch-size 1")
     if args.backend == "onnx" and (args.device not in (None, "cpu") or args.dtype != "auto"):
         parser.error("--backend onnx runs on the CPU with the exported precision: use --onnx-precision, not --device/--dtype")
+    if args.backend == "onnx" and args.no_ctc_drafts:
+        parser.error("--no-ctc-drafts applies to the PyTorch backend (the ONNX backend decodes without drafts)")
     if args.backend == "pytorch" and args.onnx_precision != "fp32":
         parser.error("--onnx-precision needs --backend onnx")
     return args
@@ -168,6 +173,9 @@ def main(argv=None) -> int:
         call_kwargs["max_new_tokens"] = args.max_new_tokens
     if args.chunk_length_s is not None:
         call_kwargs["chunk_length_s"] = args.chunk_length_s
+    generate_kwargs = {"ctc_drafts": False} if args.no_ctc_drafts else {}
+    if generate_kwargs:
+        call_kwargs["generate_kwargs"] = generate_kwargs
     gated = "prompt" not in call_kwargs and not args.no_speech_gate
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -190,7 +198,8 @@ def main(argv=None) -> int:
         if clips and args.stream:
             path, _, clip, speech = clips[0]
             out.write(f"{path}\t")
-            result = asr(clip, generate_kwargs={"streamer": FileTextStreamer(asr.tokenizer, out)}, **call_kwargs)
+            streamer = {"streamer": FileTextStreamer(asr.tokenizer, out)}
+            result = asr(clip, **{**call_kwargs, "generate_kwargs": {**generate_kwargs, **streamer}})
             out.write("\n")
             out.flush()
             if speech and not result["text"]:

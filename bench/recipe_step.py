@@ -1,9 +1,11 @@
 """A joint training step of a recipe (train.py's YAML: its backbones, data, prompt and losses) with and without the
-cached prompt prefix and logits at target positions only, timed interleaved in one run on the same real batches;
-also the CTC-only warm-up step. Each row is forward + backward + optimizer step, and its ratio to the recipe as
+cached prompt prefix and logits at target positions only, and with each CTC frame compression (meaningful with a
+trained CTC head: `--adapter`), timed interleaved in one run on the same real batches; also the CTC-only warm-up
+step. Each row is forward + backward + optimizer step, and its ratio to the recipe as
 written.
 
-    python bench/recipe_step.py configs/demo.yaml --audio_model_id ../shared/models/whisper-tiny.en-encoder
+    python bench/recipe_step.py configs/demo.yaml --audio_model_id ../shared/models/whisper-tiny.en-encoder \
+        --adapter outputs/demo
 """
 
 import sys
@@ -19,6 +21,10 @@ VARIANTS = {  # name -> config overrides of the recipe's loss fields
     "recipe as written": {},
     "no prefix cache": {"cache_prompt_prefix": False},
     "no prefix cache, all logits": {"cache_prompt_prefix": False, "target_logits_only": False},
+    # with an adapter whose CTC head is trained (--adapter), what the frame compression saves per joint step
+    "no CTC compression": {"frame_compression": None},
+    "CTC compression, argmax": {"frame_compression": "ctc_argmax"},
+    "CTC compression, blank probability > 0.95 dropped": {"frame_compression": "ctc_threshold"},
 }
 
 
@@ -45,7 +51,7 @@ def main():
         for b in range(args.batches)
     ]  # fmt: skip
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    recipe = {key: getattr(config, key) for key in ("cache_prompt_prefix", "target_logits_only")}
+    recipe = {key: getattr(config, key) for key in ("cache_prompt_prefix", "target_logits_only", "frame_compression")}
     counter = iter(range(10**9))
 
     def step(overrides: dict, joint: bool):

@@ -88,3 +88,20 @@ def test_cli_stream_writes_the_text_as_it_is_generated(backbone_dirs, tmp_path, 
         steermoe_cli.parse_args([*common, "--stream", "--format", "jsonl"])
     with pytest.raises(SystemExit):
         steermoe_cli.parse_args([*common, "--stream", "--batch-size", "2"])
+
+
+def test_cli_text_is_the_same_with_and_without_ctc_drafts(make_model, processor, tmp_path):
+    model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0)  # a CTC head: drafts apply, one clip at a time
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    for index in range(3):
+        soundfile.write(tmp_path / f"{index}.wav", speechlike(1.0 + 0.5 * index, seed=index), 16000)
+    common = [str(tmp_path / "*.wav"), "--model", str(tmp_path / "model"), "--max-new-tokens", "12", "--dtype",
+              "float32", "--device", "cpu", "--format", "jsonl"]  # fmt: skip
+    assert steermoe_cli.main([*common, "--output", str(tmp_path / "drafted.jsonl")]) == 0
+    assert steermoe_cli.main([*common, "--no-ctc-drafts", "--output", str(tmp_path / "plain.jsonl")]) == 0
+    texts = [[json.loads(line)["text"] for line in (tmp_path / name).read_text().splitlines()] for name in ("drafted.jsonl", "plain.jsonl")]
+    assert texts[0] == texts[1] and len(texts[0]) == 3 and any(texts[0])
+    steermoe_cli.parse_args([str(tmp_path), "--model", "m", "--backend", "onnx"])
+    with pytest.raises(SystemExit):
+        steermoe_cli.parse_args([str(tmp_path), "--model", "m", "--backend", "onnx", "--no-ctc-drafts"])
