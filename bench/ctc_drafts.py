@@ -5,12 +5,11 @@ tokens per LLM pass and the time ratio.
 
     python bench/ctc_drafts.py --model outputs/demo --manifest data/demo/test_unseen_voice.jsonl --clips 60
 
-At GPU shapes with random weights (drafts meaningless there), `--size large --device cuda` times one prompt's
-verify pass against one-token steps and gives tokens per second at a given acceptance (drafts equal to the greedy
-output: every draft token accepted).
+Without `--model`, random weights at `--size` (drafts meaningless there; `--size large --device cuda` for GPU shapes)
+time one prompt decoded one token per LLM pass against drafts equal to the greedy output (every draft token
+accepted): the verify pass's cost and the speed at that acceptance.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from transformers import pipeline
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import SIZES, build_model, measure_interleaved, report, resolve_dtype  # noqa: E402
+from common import SIZES, build_model, measure_interleaved, parser, report, resolve_dtype  # noqa: E402
 from long_form import clip_at_rate  # noqa: E402
 
 RATE = 16000
@@ -101,28 +100,22 @@ def verify_cost(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="A trained adapter folder (CTC-trained).")
-    parser.add_argument("--manifest", help="JSONL with audio (relative to it) and text.")
-    parser.add_argument("--clips", type=int, default=60)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--size", choices=list(SIZES), help="Random weights at this size instead of --model.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--output_dir", default=str(ROOT / "bench" / "results"))
-    args = parser.parse_args()
-    if args.size:
+    p = parser(__doc__)
+    p.add_argument("--model", help="A trained (CTC-trained) adapter folder: times it instead of random weights.")
+    p.add_argument("--manifest", help="With --model: JSONL with audio (relative to it) and text.")
+    p.add_argument("--clips", type=int, default=60)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--new_tokens", type=int, default=64, help="Random weights: tokens decoded per prompt.")
+    args = p.parse_args()
+    if not args.model:
         verify_cost(args)
-    else:
-        if not (args.model and args.manifest):
-            parser.error("give --model and --manifest (or --size for the random-weight verify-pass timing)")
-        results = trained_adapter(args)
-        path = Path(args.output_dir) / "ctc_drafts.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"benchmark": "ctc_drafts", **results}, indent=2))
+        return
+    if not args.manifest:
+        p.error("--model needs --manifest")
+    results = trained_adapter(args)
+    path = Path(args.output_dir) / "ctc_drafts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": "ctc_drafts", **results}, indent=2))
 
 
 if __name__ == "__main__":
