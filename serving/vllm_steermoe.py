@@ -174,9 +174,6 @@ class SteerMoEMultiModalProcessor(BaseMultiModalProcessor[SteerMoEProcessingInfo
         ]
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    SteerMoEMultiModalProcessor, info=SteerMoEProcessingInfo, dummy_inputs=SteerMoEDummyInputsBuilder
-)
 def check_servable(config) -> None:
     """Raise saying why the vLLM plugin cannot serve the adapter of this `SteerMoEConfig`, if it cannot."""
     if config.audio_model_id is None or config.text_model_id is None:
@@ -198,6 +195,9 @@ def check_servable(config) -> None:
         )
 
 
+@MULTIMODAL_REGISTRY.register_processor(
+    SteerMoEMultiModalProcessor, info=SteerMoEProcessingInfo, dummy_inputs=SteerMoEDummyInputsBuilder
+)
 class SteerMoEForVLLM(nn.Module, SupportsMultiModal, SupportsTranscription):
     """A SteerMoE adapter served by vLLM.
 
