@@ -312,16 +312,27 @@ def remove_positions(remove: torch.Tensor, inputs_embeds, input_ids, attention_m
     Returns `(inputs_embeds, input_ids, attention_mask, labels)` of width `max(seq_len - removed)`."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    order = remove.int().argsort(dim=1, stable=True)
     width = int((~remove).sum(1).max())
-    index = order[:, :width]
+    index = remove.int().argsort(dim=1, stable=True)[:, :width]
     filled = torch.arange(width, device=remove.device) < (~remove).sum(1, keepdim=True)
-    inputs_embeds = inputs_embeds.gather(1, index[..., None].expand(-1, -1, inputs_embeds.shape[-1]).to(inputs_embeds.device))
-    input_ids = input_ids.gather(1, index).masked_fill(~filled, pad_token_id)
-    attention_mask = attention_mask.gather(1, index.to(attention_mask.device)).masked_fill(~filled.to(attention_mask.device), 0)
+    inputs_embeds, input_ids, attention_mask, labels = gather_positions(
+        index, inputs_embeds, input_ids, attention_mask, labels
+    )
+    input_ids = input_ids.masked_fill(~filled, pad_token_id)
+    attention_mask = attention_mask.masked_fill(~filled.to(attention_mask.device), 0)
     if labels is not None:
-        labels = labels.gather(1, index.to(labels.device)).masked_fill(~filled.to(labels.device), -100)
+        labels = labels.masked_fill(~filled.to(labels.device), -100)
     return inputs_embeds, input_ids, attention_mask, labels
+
+
+def gather_positions(index: torch.Tensor, *tensors):
+    """Each of `tensors` (`(batch, seq_len)` or `(batch, seq_len, D)`, or `None`) with its positions taken in the
+    order of `index` `(batch, width)`."""
+    return tuple(
+        None if tensor is None
+        else tensor.gather(1, (index[..., None].expand(-1, -1, tensor.shape[-1]) if tensor.dim() == 3 else index).to(tensor.device))
+        for tensor in tensors
+    )  # fmt: skip
 
 
 def frame_norm_loss(frames: torch.Tensor, target_norm: float) -> torch.Tensor:
@@ -1085,24 +1096,22 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
                 )
             inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+            placeholder_mask = self.get_placeholder_mask(input_ids)
             drafting = self._ctc_drafting(ctc_drafts, input_ids, generation_config, kwargs)
             if drafting:
-                draft = self._ctc_greedy_tokens(inputs_embeds, self.get_placeholder_mask(input_ids))[0]
+                draft = self._ctc_greedy_tokens(inputs_embeds, placeholder_mask)[0]
             # The LLM sees the prompt ids (placeholders as padding, which the embeddings replace) so that its output,
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
-            llm_input_ids = input_ids.masked_fill(self.get_placeholder_mask(input_ids), pad_id)
+            llm_input_ids = input_ids.masked_fill(placeholder_mask, pad_id)
             inputs_embeds, remove = self._compress_frames(input_ids, inputs_embeds)
             if bool(remove.any()):  # unfilled placeholders become left padding: the prompt keeps its width
                 if attention_mask is None:
                     attention_mask = torch.ones_like(input_ids)
-                order = (~remove).int().argsort(dim=1, stable=True).to(input_ids.device)
-                llm_input_ids = llm_input_ids.gather(1, order)
-                attention_mask = attention_mask.masked_fill(remove.to(attention_mask.device), 0).gather(
-                    1, order.to(attention_mask.device)
-                )
-                inputs_embeds = inputs_embeds.gather(
-                    1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]).to(inputs_embeds.device)
+                attention_mask = attention_mask.masked_fill(remove.to(attention_mask.device), 0)
+                order = (~remove).int().argsort(dim=1, stable=True)
+                llm_input_ids, attention_mask, inputs_embeds = gather_positions(
+                    order, llm_input_ids, attention_mask, inputs_embeds
                 )
             if drafting:
                 eos = generation_config.eos_token_id
