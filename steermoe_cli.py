@@ -116,7 +116,8 @@ def parse_args(argv=None):
                         help="onnx: ONNX Runtime on the CPU, from the export in <model>/onnx/ (python -m steermoe_onnx "
                              "export <model>).")  # fmt: skip
     parser.add_argument("--onnx-precision", choices=["fp32", "int8"], default="fp32",
-                        help="ONNX backend: the float32 graphs or their dynamic int8 copies (export --int8).")  # fmt: skip
+                        help="ONNX backend: the float32 graphs, or the int8 copies the export has (export --int8), "
+                             "fp32 for the others.")  # fmt: skip
     parser.add_argument("--format", choices=["text", "jsonl", "srt"], default="text",
                         help="text: 'file<TAB>text'; jsonl: file, text, seconds, rtf, segments; srt: one entry per "
                              "segment (long files are cut at pauses, see --chunk-length-s).")  # fmt: skip

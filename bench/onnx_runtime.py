@@ -1,11 +1,12 @@
 """ONNX Runtime (CPU execution provider) against PyTorch on this CPU, measured in the same run on real clips of a
 saved adapter and its export: audio-side latency (features -> LLM input embeddings), decode tokens/s, the real-time
-factor of the whole transcription pipeline (one pass over the clips, batch 1) and peak resident memory, for PyTorch fp32, ONNX fp32 and (when the
-export has them) ONNX int8; the ONNX transcripts are scored against PyTorch's (WER, and the share of clips whose
-greedy transcript is identical) and, with references, against the truth.
+factor of the whole transcription pipeline (one pass over the clips, batch 1), peak resident memory and the size of
+the graphs loaded, for PyTorch fp32, ONNX fp32 and (when the export has them) ONNX int8: both graphs, the audio graph
+alone, the LLM alone. Each backend's transcripts are scored against PyTorch's (WER, and how many clips get an
+identical greedy transcript) and, with references, against the truth (WER).
 
     python -m steermoe_onnx export outputs/demo --int8
-    python bench/onnx_runtime.py --adapter outputs/demo --manifest data/demo/test.jsonl --threads 2
+    python bench/onnx_runtime.py --adapter outputs/demo --manifest data/demo/test_unseen_voice.jsonl --limit 60 --threads 2
     python bench/onnx_runtime.py --size small --audio ../shared/audio --max_new_tokens 32   # random backbones
 
 Each backend runs in its own process (one after the other), so each peak memory is that backend's alone.
@@ -29,7 +30,14 @@ sys.path.insert(0, str(ROOT / "metrics" / "asr_error_rate"))
 from asr_error_rate import normalize  # noqa: E402
 
 
-BACKENDS = ("pytorch", "onnx fp32", "onnx int8")
+# Each backend and the ONNX precision it loads (None: PyTorch).
+BACKENDS = {
+    "pytorch": None,
+    "onnx fp32": "fp32",
+    "onnx int8": "int8",
+    "onnx int8 audio only": {"audio_encoder": "int8"},
+    "onnx int8 llm only": {"decoder_model": "int8"},
+}
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
@@ -49,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--output_dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--backends", nargs="+", choices=list(BACKENDS)[1:], metavar="BACKEND",
+                   help=f"ONNX backends beside PyTorch (default: those the export has): {', '.join(list(BACKENDS)[1:])}.")
     p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.device = "cpu"
@@ -135,8 +145,15 @@ def worker(args) -> dict:
         options = onnxruntime.SessionOptions()
         if args.threads:
             options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-        asr = onnx_pipeline(args.adapter, precision=args.worker.split()[1], session_options=options)
+        asr = onnx_pipeline(args.adapter, precision=BACKENDS[args.worker], session_options=options)
     model = asr.model
+    if args.worker == "pytorch":
+        files_mb = sum(file.stat().st_size for file in Path(args.adapter).glob("*.safetensors")) / 2**20
+    else:
+        folder = Path(args.adapter) / "onnx"
+        graphs = model.manifest["graphs"]
+        names = [graphs[graph]["files"][precision] for graph, precision in model.precisions.items()]
+        files_mb = sum(file.stat().st_size for name in names for file in folder.glob(name + "*")) / 2**20
     load_s = time.perf_counter() - start
     processor = AutoProcessor.from_pretrained(args.adapter, trust_remote_code=True)
     audio = [load_audio(file) for file in files]
@@ -167,6 +184,7 @@ def worker(args) -> dict:
         "time_to_first_token_s": first,
         "rtf": pipeline_s / seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "graphs_mb": files_mb,
         "audio_seconds": seconds,
         "transcripts": transcripts[-1],
     }
@@ -190,7 +208,14 @@ def compare(args):
     """Run each backend in its own process, then report the figures with their ratios to PyTorch."""
     files, references = clips_and_references(args)
     manifest = json.loads((Path(args.adapter) / "onnx" / "steermoe_onnx.json").read_text())
-    backends = [b for b in BACKENDS if b == "pytorch" or manifest["graphs"]["decoder_model"]["files"].get(b.split()[1])]
+    exported = (manifest.get("int8") or {}).get("graphs", [])
+    available = {"onnx fp32": True, "onnx int8": bool(exported), "onnx int8 audio only": "audio_encoder" in exported,
+                 "onnx int8 llm only": "decoder_model" in exported}  # fmt: skip
+    if args.backends:
+        missing = [backend for backend in args.backends if not available[backend]]
+        if missing:
+            raise SystemExit(f"The export has no graphs for {missing}: python -m steermoe_onnx export <adapter> --int8")
+    backends = ["pytorch", *(args.backends or [b for b in available if available[b]])]
     results = []
     for backend in backends:
         command = [sys.executable, __file__, *worker_args(args), "--worker", backend]
@@ -209,6 +234,7 @@ def compare(args):
         row["memory_vs_pytorch"] = result["peak_rss_mb"] / base["peak_rss_mb"]
         pairs = list(zip(result["transcripts"], base["transcripts"]))
         row["identical_to_pytorch"] = sum(a == b for a, b in pairs) / len(pairs)
+        row["identical_clips"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
         scored = [(ours, theirs) for ours, theirs in pairs if normalize(theirs)]  # a transcript with words
         if scored:
             ours, theirs = zip(*scored)

@@ -11,15 +11,24 @@ the whole user turn). Reports, greedy decoding:
 - tool calls (a system prompt describes the tools and a JSON call format, then two worked exchanges): the fraction
   of answers that parse as a JSON call, and the fraction that name the right tool with the right argument.
 
+With `--equivalence_manifest` (a JSONL manifest with `audio` and `text`, e.g. the demo's held-out sentences by
+held-out voices `data/demo/test_unseen_voice.jsonl`), it reports the measure that does not depend on what the small
+LLM knows: each sentence is the whole user turn, typed and spoken, and `equivalence` holds the share of spoken
+answers identical to the typed answer and the mean word-level F1 between the two (bag of words, case and punctuation
+ignored; the typed answer is the base LLM's, since text-only use is exactly the base LLM).
+
 With `--wer_manifest` (a JSONL manifest with `audio` and `text`, e.g. the held-out sentences by held-out voices
 `data/instruct/test_unseen_voice.jsonl`), it also reports the transcription WER through the same chat call: the
 clip followed by the adapter's transcription prompt as one user turn.
 
     python scripts/spoken_chat_eval.py --model outputs/instruct --output outputs/instruct/spoken_chat.json \
         --wer_manifest data/instruct/test_unseen_voice.jsonl
+    python scripts/spoken_chat_eval.py --model outputs/demo_chat --max_new_tokens 32 \
+        --equivalence_manifest data/demo/test_unseen_voice.jsonl --equivalence_samples 100
 """
 
 import argparse
+import collections
 import json
 import random
 import re
@@ -154,6 +163,18 @@ def holds_keyword(answer: str, keywords: list[str]) -> bool:
     return any(f" {normalize(keyword)} " in words for keyword in keywords)
 
 
+def word_f1(prediction: str, reference: str) -> float:
+    """Word-level F1 between two texts as bags of words (case and punctuation ignored); 1.0 when both are empty."""
+    predicted, expected = normalize(prediction).split(), normalize(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
 def parse_tool_call(answer: str) -> dict | None:
     """The first JSON object in `answer` that has a string "name" (and optional "arguments"), else None."""
     decoder = json.JSONDecoder()
@@ -246,14 +267,46 @@ def evaluate_spoken_chat(model, processor, audio_dir: Path, seed: int = 0, batch
     return report
 
 
+def read_manifest(manifest: Path, limit: int | None = None) -> list[dict]:
+    """The first `limit` rows of a JSONL manifest, each `audio` made a path (relative ones from the manifest's folder)."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:limit]
+    return [{**row, "audio": str(manifest.parent / row["audio"])} for row in rows]
+
+
+def answer_equivalence(model, processor, manifest: Path, limit: int | None = None, batch_size: int = 8,
+                       max_new_tokens: int = 32) -> dict:  # fmt: skip
+    """Spoken vs typed answers to the same sentences: each row of `manifest` (JSONL, `audio`, `text`) as the whole
+    user turn, once typed (its `text`) and once spoken (its clip), greedy through the chat call. Returns the share of
+    identical answers (`identical`), the mean word-level F1 between the two (`mean_word_f1`) and every pair."""
+    rows = read_manifest(manifest, limit)
+    if not rows:
+        raise SystemExit(f"{manifest}: no rows to ask.")
+    typed = [[{"role": "user", "content": row["text"]}] for row in rows]
+    spoken = [[{"role": "user", "content": [{"type": "audio", "path": row["audio"]}]}] for row in rows]
+    answers = answer_all(model, processor, typed + spoken, batch_size, max_new_tokens)
+    typed_answers, spoken_answers = answers[: len(rows)], answers[len(rows) :]
+    f1 = [word_f1(s, t) for s, t in zip(spoken_answers, typed_answers)]
+    return {
+        "manifest": str(manifest),
+        "clips": len(rows),
+        "max_new_tokens": max_new_tokens,
+        "identical": sum(s == t for s, t in zip(spoken_answers, typed_answers)) / len(rows),
+        "mean_word_f1": sum(f1) / len(rows),
+        "examples": [
+            {"sentence": row["text"], "typed": t, "spoken": s, "word_f1": round(score, 4)}
+            for row, t, s, score in zip(rows, typed_answers, spoken_answers, f1)
+        ],
+    }
+
+
 def transcription_wer(model, processor, manifest: Path, limit: int | None = None, batch_size: int = 8,
                       max_new_tokens: int = 48) -> dict:  # fmt: skip
     """WER and CER of transcripts asked through the chat call: each clip of `manifest` (JSONL, `audio` relative to
     its folder, `text`) then the adapter's `transcription_prompt`, as one user turn; greedy."""
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:limit]
+    rows = read_manifest(manifest, limit)
     instruction = processor.transcription_prompt
     conversations = [
-        [{"role": "user", "content": [{"type": "audio", "path": str(manifest.parent / row["audio"])},
+        [{"role": "user", "content": [{"type": "audio", "path": row["audio"]},
                                       {"type": "text", "text": instruction}]}]
         for row in rows
     ]  # fmt: skip
@@ -275,6 +328,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--equivalence_manifest", help="Ask each sentence of this manifest typed and spoken.")
+    parser.add_argument("--equivalence_samples", type=int, help="Only the first N rows of --equivalence_manifest.")
     parser.add_argument("--wer_manifest", help="Also score transcription through the chat call on this manifest.")
     parser.add_argument("--wer_samples", type=int, help="Only the first N rows of --wer_manifest.")
     args = parser.parse_args(argv)
@@ -284,6 +339,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.model}: the LLM has no chat template; spoken chat needs an instruct LLM.")
     with tempfile.TemporaryDirectory() as folder:
         report = evaluate_spoken_chat(model, processor, Path(folder), args.seed, args.batch_size, args.max_new_tokens)
+    if args.equivalence_manifest:
+        report["equivalence"] = answer_equivalence(
+            model, processor, Path(args.equivalence_manifest), args.equivalence_samples, args.batch_size,
+            args.max_new_tokens,
+        )
     if args.wer_manifest:
         report["transcription"] = transcription_wer(
             model, processor, Path(args.wer_manifest), args.wer_samples, args.batch_size, args.max_new_tokens
@@ -292,8 +352,9 @@ def main(argv=None) -> int:
     if args.output:
         Path(args.output).write_text(text + "\n")
     summary = {key: value for key, value in report.items() if key != "examples"}
-    if "transcription" in summary:
-        summary["transcription"] = {k: v for k, v in summary["transcription"].items() if k != "examples"}
+    for part in ("equivalence", "transcription"):
+        if part in summary:
+            summary[part] = {k: v for k, v in summary[part].items() if k != "examples"}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -1,8 +1,14 @@
 # Copyright 2026 The SteerMoE authors. Licensed under the Apache License, Version 2.0.
-"""python -m steermoe_onnx export <adapter folder or Hub id> [--output DIR] [--int8]
+"""python -m steermoe_onnx export <adapter folder or Hub id> [--output DIR] [--int8 [GRAPH ...]]
+                                  [--check-audio FILE ...] [--strict]
 
 Writes the ONNX export of a saved SteerMoE adapter to <adapter>/onnx/ (or --output): the audio graph, the LLM's
 embedding and decoder graphs, the configs, the processor files and steermoe_onnx.json, the manifest.
+
+--int8 adds int8 copies of the audio graph (dynamic int8) and the LLM (weight-only int8 blocks), or only of the
+graphs named (audio_encoder, decoder_model). The export then transcribes the check clips (--check-audio: a few clips
+of your own held-out speech; by default two noise clips) greedily with fp32 and with each int8 set, writes the
+agreement into the manifest and warns when the tokens differ; --strict removes such int8 graphs and fails.
 """
 
 import argparse
@@ -15,7 +21,7 @@ import torch
 from modeling_steermoe import SteerMoEForConditionalGeneration
 from processing_steermoe import SteerMoEProcessor
 
-from .export import EXPORT_SUBFOLDER, export_onnx
+from .export import EXPORT_SUBFOLDER, INT8_GRAPHS, export_onnx
 
 
 def parse_args(argv=None):
@@ -25,8 +31,15 @@ def parse_args(argv=None):
     export = commands.add_parser("export", help="Export a saved adapter (with its backbones) to ONNX.")
     export.add_argument("adapter", help="A saved SteerMoE adapter: folder or Hub id.")
     export.add_argument("--output", help=f"Output folder (default: <adapter>/{EXPORT_SUBFOLDER}; required for a Hub id).")
-    export.add_argument("--int8", action="store_true", help="Also write dynamically int8-quantized graphs.")
+    export.add_argument("--int8", nargs="*", choices=INT8_GRAPHS, metavar="GRAPH",
+                        help=f"Also write int8 graphs: all of {', '.join(INT8_GRAPHS)}, or those named.")  # fmt: skip
+    export.add_argument("--check-audio", nargs="+", metavar="FILE", help="Clips for the int8 check (default: noise).")
+    export.add_argument("--strict", action="store_true", help="Fail (and drop them) when int8 graphs change tokens.")
     args = parser.parse_args(argv)
+    if args.int8 == []:  # the bare flag: every graph that has an int8 method
+        args.int8 = True
+    if (args.check_audio or args.strict) and not args.int8:
+        parser.error("--check-audio and --strict check the int8 graphs: add --int8")
     if args.output is None:
         if not Path(args.adapter).is_dir():
             parser.error(f"{args.adapter} is not a local folder: pass --output")
@@ -40,7 +53,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = SteerMoEForConditionalGeneration.from_pretrained(args.adapter, dtype=torch.float32)
     processor = SteerMoEProcessor.from_pretrained(args.adapter, trust_remote_code=True)
-    export_onnx(model, processor, args.output, int8=args.int8, source=args.adapter)
+    export_onnx(model, processor, args.output, int8=args.int8, source=args.adapter, check_audio=args.check_audio,
+                strict=args.strict)
     return 0
 
 

@@ -5,6 +5,7 @@ beam search, streamers and the ASR pipeline behave as they do with PyTorch)."""
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ from modeling_steermoe import _right_to_left_padding, merge_audio_embeddings
 from pipeline_steermoe import SteerMoEASRPipeline
 
 from .export import EXPORT_SUBFOLDER, GRAPHS, LLM_GENERATION_CONFIG_NAME, MANIFEST_NAME, PRECISIONS
+
+
+logger = logging.getLogger(__name__)
 
 
 def open_session(path, session_options=None, providers=None):
@@ -125,7 +129,7 @@ class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, Gener
     """A SteerMoE export run by ONNX Runtime, called as [`SteerMoEForConditionalGeneration`] is.
 
     `from_pretrained(adapter)` opens `<adapter>/onnx/` (or an export folder itself; a Hub id works too), at
-    `precision="fp32"` or `"int8"`. `generate(**processor_outputs)` returns the prompt then the new tokens, with the
+    `precision="fp32"`, `"int8"` or per graph. `generate(**processor_outputs)` returns the prompt then the new tokens, with the
     saved generation config applied; `get_audio_features` gives the audio embeddings; `forward` returns the logits
     of the last position. The LLM is `language_model`, a [`SteerMoEOnnxLanguageModel`]. No PyTorch weights are
     loaded: torch only carries tensors between the sessions and transformers' generation loop.
@@ -151,24 +155,20 @@ class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, Gener
         """Open the export in `pretrained_model_name_or_path` (its `onnx/` subfolder, or the folder itself).
 
         Args:
-            precision (`str`, defaults to `"fp32"`): `"fp32"` or `"int8"` (the export must have been made with int8).
+            precision (`str` or `dict`, defaults to `"fp32"`): `"fp32"`; `"int8"`: every graph the export has an
+                int8 copy of at int8, the others fp32; or per graph, e.g. `{"audio_encoder": "int8"}` (graphs not
+                named run fp32). `model.precisions` says what runs.
             session_options (`onnxruntime.SessionOptions`, *optional*): e.g. `intra_op_num_threads`.
             providers (`list`, *optional*): ONNX Runtime execution providers; `["CPUExecutionProvider"]` by default.
             hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` for a Hub id.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
         source = str(pretrained_model_name_or_path)
         subfolder, manifest_file = _find_export(source, hub_kwargs)
         manifest = json.loads(Path(manifest_file).read_text())
+        precisions = _graph_precisions(precision, manifest, source)
         sessions = {}
         for name in GRAPHS:
-            file = manifest["graphs"][name]["files"].get(precision)
-            if file is None:
-                raise ValueError(
-                    f"The ONNX export in {source} has no {precision} graphs: re-export with "
-                    f"`python -m steermoe_onnx export <adapter> --int8`."
-                )
+            file = manifest["graphs"][name]["files"][precisions[name]]
             path = cached_file(source, file, subfolder=subfolder, **hub_kwargs)
             cached_file(  # the weights file sits next to its graph (fetched too for a Hub id)
                 source, file + ".data", subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
@@ -180,6 +180,7 @@ class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, Gener
             source, LLM_GENERATION_CONFIG_NAME, subfolder=subfolder, **hub_kwargs
         )
         model = cls(config, sessions["audio_encoder"], language_model, manifest, source=(source, subfolder, hub_kwargs))
+        model.precisions = precisions
         model.generation_config = GenerationConfig.from_pretrained(source, subfolder=subfolder, **hub_kwargs)
         return model
 
@@ -310,7 +311,8 @@ class SteerMoEOnnxForConditionalGeneration(_CpuOnnxModel, PreTrainedModel, Gener
 def onnx_pipeline(model, precision: str = "fp32", session_options=None, **pipeline_kwargs) -> SteerMoEASRPipeline:
     """`pipeline("automatic-speech-recognition", ...)` on ONNX Runtime: the SteerMoE ASR pipeline (same inputs,
     batching, long audio, no-speech gate and generation config) over the export in `model` (an adapter folder or Hub
-    id with an `onnx/` export, or an export folder), at `precision` "fp32" or "int8"."""
+    id with an `onnx/` export, or an export folder), at `precision` "fp32", "int8" or per graph (see
+    `SteerMoEOnnxForConditionalGeneration.from_pretrained`)."""
     onnx_model = SteerMoEOnnxForConditionalGeneration.from_pretrained(
         model, precision=precision, session_options=session_options
     )
@@ -325,6 +327,37 @@ def onnx_pipeline(model, precision: str = "fp32", session_options=None, **pipeli
         pipeline_class=SteerMoEASRPipeline,
         **pipeline_kwargs,
     )
+
+
+def _graph_precisions(precision, manifest: dict, source: str) -> dict[str, str]:
+    """`{graph: "fp32" | "int8"}` for each graph of the export, from a `precision` name or a per-graph dict."""
+    has = {name: set(manifest["graphs"][name]["files"]) for name in GRAPHS}
+    if isinstance(precision, str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or a dict per graph, got {precision!r}.")
+        chosen = {name: precision if precision in has[name] else "fp32" for name in GRAPHS}
+        if precision != "fp32" and set(chosen.values()) == {"fp32"}:
+            raise ValueError(
+                f"The ONNX export in {source} has no {precision} graphs: re-export with "
+                f"`python -m steermoe_onnx export <adapter> --int8`."
+            )
+    elif isinstance(precision, dict):
+        unknown = sorted(set(precision) - set(GRAPHS))
+        bad = {name: value for name, value in precision.items() if value not in PRECISIONS}
+        if unknown or bad:
+            raise ValueError(f"precision per graph takes graphs {GRAPHS} and values {PRECISIONS}; got {precision!r}.")
+        chosen = {name: precision.get(name, "fp32") for name in GRAPHS}
+        missing = [name for name, value in chosen.items() if value not in has[name]]
+        if missing:
+            raise ValueError(f"The ONNX export in {source} has no {precision} copy of {missing}.")
+    else:
+        raise TypeError(f"precision must be a str or a dict, got {type(precision).__name__}.")
+    if chosen["decoder_model"] == "int8" and manifest.get("format_version", 1) < 2:
+        logger.warning(
+            "%s: this export's int8 LLM is ONNX Runtime's dynamic quantization, which turned a trained adapter's "
+            "transcripts into loops; re-export with this version (weight-only int8 for the LLM).", source
+        )
+    return chosen
 
 
 def _array(tensor: torch.Tensor, dtype) -> np.ndarray:

@@ -26,7 +26,7 @@ pytest.importorskip("onnxscript", reason="the ONNX export needs pip install 'ste
 
 from steermoe_onnx import SteerMoEOnnxForConditionalGeneration, check_exportable, export_onnx, onnx_pipeline  # noqa: E402
 from steermoe_onnx.__main__ import main as steermoe_onnx_main  # noqa: E402
-from steermoe_onnx.export import MANIFEST_NAME, _export_graph, _sample_inputs  # noqa: E402
+from steermoe_onnx.export import INT8_GRAPHS, MANIFEST_NAME, _export_graph, _sample_inputs  # noqa: E402
 from steermoe_onnx.modeling_onnx import open_session  # noqa: E402
 
 
@@ -70,8 +70,9 @@ def test_export_writes_graphs_configs_processor_and_manifest(exported):
     assert manifest["language_model"]["id"] == model.config.text_model_id
     assert manifest["source_adapter"] == str(adapter) and manifest["audio_token_id"] == model.config.audio_token_id
     for name, graph in manifest["graphs"].items():
-        assert set(graph["files"]) == {"fp32", "int8"}
+        assert set(graph["files"]) == ({"fp32", "int8"} if name in INT8_GRAPHS else {"fp32"})
         assert all((folder / file).is_file() for file in graph["files"].values())
+    assert manifest["graphs"]["decoder_model"]["int8"]["bits"] == 8 and manifest["format_version"] == 2
     decoder = manifest["graphs"]["decoder_model"]
     layers = model.config.text_config.num_hidden_layers
     assert set(decoder["inputs"]) == {"inputs_embeds", "attention_mask", "position_ids"} | {
@@ -205,7 +206,7 @@ def test_export_folder_alone_loads_and_refuses_missing_int8(exported, tmp_path):
     shutil.copytree(adapter / "onnx", folder, ignore=shutil.ignore_patterns("*.int8.onnx*"))
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     for graph in manifest["graphs"].values():
-        del graph["files"]["int8"]
+        graph["files"].pop("int8", None)
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="--int8"):
         SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision="int8")
@@ -225,9 +226,13 @@ def test_bench_runs_on_the_export(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(next(tmp_path.glob("onnx_runtime-*.json")).read_text())
     backends = [row["backend"] for row in payload["rows"]]
-    assert backends == ["pytorch", "onnx fp32", "onnx int8"]
+    assert backends == ["pytorch", "onnx fp32", "onnx int8", "onnx int8 audio only", "onnx int8 llm only"]
     assert all(row["peak_rss_mb"] > 0 and "decode_tokens_per_s" in row and row["rtf"] > 0 for row in payload["rows"])
     assert payload["rows"][1]["identical_to_pytorch"] == 1.0  # fp32 ONNX transcribes as PyTorch does
+    assert payload["rows"][1]["identical_clips"] == "1/1"
+    sizes = {row["backend"]: row["graphs_mb"] for row in payload["rows"]}
+    assert sizes["onnx int8 llm only"] < sizes["onnx fp32"] and sizes["onnx int8 audio only"] < sizes["onnx fp32"]
+    assert sizes["onnx int8"] < min(sizes["onnx int8 llm only"], sizes["onnx int8 audio only"])
     assert "|" in result.stdout
 
 
@@ -270,3 +275,108 @@ def test_real_pair_embeddings_and_greedy_transcripts_equal_pytorch(real_export):
     assert [out["text"] for out in asr_onnx(files, max_new_tokens=24, batch_size=3)] == expected_texts
     unstopped = {"max_new_tokens": 12, "generate_kwargs": {"stop_strings": None}}  # overrides the saved stop string
     assert [out["text"] for out in asr_onnx(files[:1], **unstopped)] == [out["text"] for out in asr_pytorch(files[:1], **unstopped)]
+
+
+def test_int8_is_per_graph_the_llm_weight_only_and_checked_against_fp32(exported):
+    """The LLM's int8 copy holds block-wise int8 weights (MatMulNBits), not dynamic int8 activations; each graph
+    loads at its own precision; the export's greedy check in the manifest is what the graphs decode."""
+    import onnx
+
+    adapter, model, processor = exported
+    folder = adapter / "onnx"
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    ops = {node.op_type for node in onnx.load(str(folder / "decoder_model.int8.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+    audio_ops = {node.op_type for node in onnx.load(str(folder / "audio_encoder.int8.onnx"), load_external_data=False).graph.node}
+    assert "DynamicQuantizeLinear" in audio_ops
+
+    models = {
+        "fp32": SteerMoEOnnxForConditionalGeneration.from_pretrained(folder),
+        "int8": SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision="int8"),
+        "audio": SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision={"audio_encoder": "int8"}),
+        "llm": SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision={"decoder_model": "int8"}),
+    }
+    assert models["int8"].precisions == {"audio_encoder": "int8", "embed_tokens": "fp32", "decoder_model": "int8"}
+    assert models["audio"].precisions == {"audio_encoder": "int8", "embed_tokens": "fp32", "decoder_model": "fp32"}
+    assert models["llm"].precisions == {"audio_encoder": "fp32", "embed_tokens": "fp32", "decoder_model": "int8"}
+    inputs = processor.apply_transcription_request(clips()[:2], sampling_rate=16000)
+    features = inputs["input_features"], inputs["feature_attention_mask"]
+    assert torch.equal(models["audio"].get_audio_features(*features), models["int8"].get_audio_features(*features))
+    assert torch.equal(models["llm"].get_audio_features(*features), models["fp32"].get_audio_features(*features))
+
+    check = manifest["int8"]["check"]
+    assert manifest["int8"]["graphs"] == list(INT8_GRAPHS) and check["clips"] == 2
+    assert [entry["int8_graphs"] for entry in check["sets"]] == [["audio_encoder"], ["decoder_model"], list(INT8_GRAPHS)]
+    samples = _sample_inputs(model, processor)  # the check's default clips: the trace clips
+    tokens = {}
+    for key in ("fp32", "audio", "llm", "int8"):
+        tokens[key] = []
+        for clip, rate in samples["check_clips"]:
+            request = processor.apply_transcription_request(clip, sampling_rate=rate)
+            out = models[key].generate(**request, max_new_tokens=check["max_new_tokens"], do_sample=False)
+            tokens[key].append(out[0, request["input_ids"].shape[1] :].tolist())
+    for entry, key in zip(check["sets"], ("audio", "llm", "int8")):
+        assert entry["identical"] == sum(a == b for a, b in zip(tokens[key], tokens["fp32"]))
+        assert 0.0 <= entry["mean_agreeing_prefix"] <= 1.0
+
+    with pytest.raises(ValueError, match="precision per graph"):
+        SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision={"decoder": "int8"})
+    with pytest.raises(ValueError, match="no .* copy of \\['embed_tokens'\\]"):
+        SteerMoEOnnxForConditionalGeneration.from_pretrained(folder, precision={"embed_tokens": "int8"})
+
+
+def test_int8_check_warns_or_strictly_refuses_graphs_that_change_transcripts(exported, tmp_path, monkeypatch, caplog):
+    """With `strict`, quantized graphs whose greedy tokens differ from fp32's are removed and the export says so;
+    without it, a warning names them. The check sees a real difference: an int8 LLM replaced by another model's."""
+    import steermoe_onnx.export as export_module
+
+    adapter, model, processor = exported
+    other = SteerMoEForConditionalGeneration(model.config, dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in other.language_model.parameters():
+            parameter.normal_(std=0.5)
+        other.aligner.load_state_dict(model.aligner.state_dict())
+    other_dir = export_onnx(other, processor, tmp_path / "other")
+    quantize = export_module._quantize_graph
+
+    def swapped(path, name):  # the "int8" LLM is another LLM's fp32 graph: its greedy tokens differ
+        file = quantize(path, name)
+        if name == "decoder_model":
+            for suffix in ("", ".data"):
+                shutil.copyfile(other_dir / f"decoder_model.onnx{suffix}", path.parent / f"{file}{suffix}")
+        return file
+
+    monkeypatch.setattr(export_module, "_quantize_graph", swapped)
+    with caplog.at_level("WARNING", logger="steermoe_onnx.export"):
+        export_onnx(model, processor, tmp_path / "warned", int8=["decoder_model"])
+    manifest = json.loads((tmp_path / "warned" / MANIFEST_NAME).read_text())
+    assert manifest["int8"]["check"]["sets"][0]["identical"] < 2 and "change greedy transcripts" in caplog.text
+    assert "int8" not in manifest["graphs"]["audio_encoder"]["files"]
+
+    with pytest.raises(RuntimeError, match="strict: .* removed"):
+        export_onnx(model, processor, tmp_path / "strict", int8=True, strict=True)
+    manifest = json.loads((tmp_path / "strict" / MANIFEST_NAME).read_text())
+    assert manifest["int8"] is None and not list((tmp_path / "strict").glob("*.int8.onnx*"))
+    assert all(set(graph["files"]) == {"fp32"} for graph in manifest["graphs"].values())
+    assert torch.equal(
+        SteerMoEOnnxForConditionalGeneration.from_pretrained(tmp_path / "strict").generate(
+            **processor.apply_transcription_request(speechlike(1.0), sampling_rate=16000), **GREEDY
+        ),
+        model.generate(**processor.apply_transcription_request(speechlike(1.0), sampling_rate=16000), **GREEDY),
+    )
+    with pytest.raises(ValueError, match="int8 names graphs"):
+        export_onnx(model, processor, tmp_path / "bad", int8=["llm"])
+
+
+def test_export_command_line_names_the_int8_graphs_and_the_check():
+    from steermoe_onnx.__main__ import parse_args
+
+    base = ["export", "adapter", "--output", "out"]
+    assert parse_args(base).int8 is None
+    assert parse_args([*base, "--int8"]).int8 is True
+    assert parse_args([*base, "--int8", "decoder_model"]).int8 == ["decoder_model"]
+    args = parse_args([*base, "--int8", "--check-audio", "a.wav", "b.wav", "--strict"])
+    assert args.check_audio == ["a.wav", "b.wav"] and args.strict
+    for argv in (["--int8", "llm"], ["--check-audio", "a.wav"], ["--strict"]):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *argv])

@@ -79,3 +79,50 @@ def test_transcription_wer_asks_each_clip_with_the_saved_prompt_through_the_chat
     monkeypatch.setattr(spoken_chat_eval, "answer_all", answer_all)
     real = spoken_chat_eval.transcription_wer(model, processor, manifest, limit=1, max_new_tokens=3)
     assert real["num_samples"] == 1 and real["examples"][0]["reference"] == "the quick fox"
+
+
+def test_word_f1_is_a_bag_of_words_f1_free_of_case_and_punctuation():
+    f1 = spoken_chat_eval.word_f1
+    assert f1("The cat sat.", "the cat sat") == 1.0
+    assert f1("", "") == 1.0 and f1("", "a cat") == 0.0 and f1("a cat", "") == 0.0
+    assert f1("dog", "the cat") == 0.0
+    assert f1("the cat", "the cat sat down") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert f1("the the cat", "the cat cat") == pytest.approx(2 / 3)  # repeated words count as often as both hold them
+
+
+def test_answer_equivalence_asks_each_sentence_typed_and_spoken(model, processor, tmp_path, monkeypatch):
+    import json
+
+    import soundfile
+    from conftest import speechlike
+
+    rows = [{"audio": f"wav/{i}.wav", "text": text} for i, text in enumerate(["the quick fox", "a lazy dog", "hi"])]
+    (tmp_path / "wav").mkdir()
+    for i, _ in enumerate(rows):
+        soundfile.write(tmp_path / "wav" / f"{i}.wav", speechlike(0.5 + 0.2 * i, seed=i), 16000)
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    asked = []
+
+    def recording(model_, processor_, conversations, *args):
+        asked.extend(conversations)
+        return ["Yes, a fox.", "No.", "Hello there", "yes a fox", "no dog", "Bye"]
+
+    answer_all = spoken_chat_eval.answer_all
+    monkeypatch.setattr(spoken_chat_eval, "answer_all", recording)
+    report = spoken_chat_eval.answer_equivalence(model, processor, manifest)
+    assert [c[0]["content"] for c in asked[:3]] == [row["text"] for row in rows]
+    assert [c[0]["content"] for c in asked[3:]] == [[{"type": "audio", "path": str(tmp_path / r["audio"])}] for r in rows]
+    assert report["clips"] == 3 and report["identical"] == pytest.approx(0.0)
+    assert report["mean_word_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert report["examples"][0] == {"sentence": "the quick fox", "typed": "Yes, a fox.", "spoken": "yes a fox", "word_f1": 1.0}
+
+    monkeypatch.setattr(spoken_chat_eval, "answer_all", answer_all)
+    real = spoken_chat_eval.answer_equivalence(model, processor, manifest, limit=2, max_new_tokens=3)
+    typed = processor.apply_chat_template(
+        [{"role": "user", "content": "a lazy dog"}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    out = model.language_model.generate(**typed, max_new_tokens=3, do_sample=False)
+    expected = processor.batch_decode(out[:, typed["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+    assert real["clips"] == 2 and real["examples"][1]["typed"] == expected
+    assert real["identical"] == sum(e["typed"] == e["spoken"] for e in real["examples"]) / 2
