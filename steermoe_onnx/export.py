@@ -412,6 +412,10 @@ def _quantize_graph(path: Path, name: str) -> str:
         quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), op_types_to_quantize=tuple(method["op_types"]), **options)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+        for suffix in ("", ".data"):  # the quantizer writes its weights file owner-only: give it the fp32 graph's mode
+            written, source = target.with_name(target.name + suffix), path.with_name(path.name + suffix)
+            if written.exists() and source.exists():
+                written.chmod(source.stat().st_mode & 0o777)
         return target.name
     from transformers.exporters import OnnxExporter, OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
     from transformers.exporters.configs import ExportFormat

@@ -287,6 +287,8 @@ def test_int8_is_per_graph_the_llm_weight_only_and_checked_against_fp32(exported
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     ops = {node.op_type for node in onnx.load(str(folder / "decoder_model.int8.onnx"), load_external_data=False).graph.node}
     assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+    mode = {name: (folder / f"decoder_model{name}.onnx.data").stat().st_mode & 0o777 for name in ("", ".int8")}
+    assert mode[".int8"] == mode[""]  # as readable as the fp32 weights (the quantizer writes owner-only)
     audio_ops = {node.op_type for node in onnx.load(str(folder / "audio_encoder.int8.onnx"), load_external_data=False).graph.node}
     assert "DynamicQuantizeLinear" in audio_ops
 

@@ -207,7 +207,8 @@ def test_two_process_accelerate_launch_on_cpu(backbone_dirs, manifest, tmp_path)
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_recipes_parse(recipe):
     model_args, data_args, training_args = train.parse_args([str(recipe), "--bf16", "false", "--use_cpu", "true"])
-    assert model_args.audio_model_id and model_args.text_model_id and training_args.output_dir
+    assert (model_args.audio_model_id and model_args.text_model_id) or model_args.adapter  # new, or warm-started
+    assert training_args.output_dir
     assert data_args.train_files or data_args.dataset_name
     assert training_args.do_train and training_args.do_eval
 
@@ -445,3 +446,31 @@ def test_eval_tells_rows_that_ended_their_turn_from_rows_that_hit_the_limit():
     ended = train.SteerMoETrainer._ended_by_eos(trainer, model, new_tokens, bound)
     assert ended.tolist() == [True, False, False, True]
     assert train.SteerMoETrainer._ended_by_eos(trainer, model, new_tokens, []).tolist() == [True, True, False, True]
+
+
+def test_chat_training_warm_starts_from_a_saved_asr_adapter(backbone_dirs, manifest, tmp_path):
+    """configs/demo_chat.yaml's path: `--adapter` + `--do_train` continues from the adapter's aligner (not a fresh
+    one) on chat rows mixed with transcription rows, keeping its transcription prompt and loss settings."""
+    from safetensors.torch import load_file
+
+    asr = tmp_path / "asr"
+    train.main(run_args(backbone_dirs, manifest, asr, "--do_train", "--max_steps", "2", "--save_strategy", "no",
+                        "--ctc_loss_coef", "1.0", "--prompt", "Say it again."))  # fmt: skip
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    mixed = manifest.parent / "chat.jsonl"
+    mixed.write_text("".join(
+        json.dumps({**row, "prompt": "Say it again." if index % 2 else "", "response": f"An answer to {row['text']}"})
+        + "\n" for index, row in enumerate(rows)
+    ))  # fmt: skip
+    chat = ["--task", "chat", "--text_column", "response", "--transcript_column", "text", "--prompt_column", "prompt",
+            "--do_train", "--max_steps", "2", "--save_strategy", "no", "--adapter", str(asr)]  # fmt: skip
+    frozen, moved = tmp_path / "frozen", tmp_path / "moved"
+    train.main([*run_args(backbone_dirs, mixed, frozen, *chat), "--learning_rate", "0", "--steering_learning_rate", "0"])
+    train.main(run_args(backbone_dirs, mixed, moved, *chat))
+    start, same, trained = (load_file(folder / "model.safetensors") for folder in (asr, frozen, moved))
+    assert start.keys() == same.keys() == trained.keys()
+    assert all(torch.equal(start[key], same[key]) for key in start)  # it started from the adapter's weights
+    assert any(not torch.equal(start[key], trained[key]) for key in start)
+    saved = json.loads((moved / "config.json").read_text())
+    assert saved["ctc_loss_coef"] == 1.0
+    assert json.loads((moved / "processor_config.json").read_text())["transcription_prompt"] == "Say it again."
