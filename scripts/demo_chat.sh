@@ -19,16 +19,9 @@ PY=.venv/bin/python
 LLM=models/SmolLM2-135M-Instruct
 $PY scripts/setup_smollm2.py --output_dir "$LLM"
 [ -f data/demo/test_unseen_voice.jsonl ] || $PY scripts/synthesize_demo_data.py --output_dir data/demo
-targets() {  # make_chat_targets.py resumes an interrupted run; a finished one has one row per source row
-  local source=$1 output=$2
-  shift 2
-  if [ ! -f "$output" ] || [ "$(wc -l <"$output")" -lt "$(wc -l <"$source")" ]; then
-    $PY scripts/make_chat_targets.py "$source" --text_model_id $LLM --output "$output" --dtype bfloat16 \
-      --max_new_tokens 32 --batch_size 64 "$@"
-  fi
-}
-targets data/demo/train.jsonl data/demo/train_chat.jsonl --repeat_fraction 0.5
-targets data/demo/test_unseen_voice.jsonl data/demo/test_unseen_voice_chat.jsonl
+ANSWERS="--text_model_id $LLM --dtype bfloat16 --max_new_tokens 32 --batch_size 64"  # does nothing where complete
+$PY scripts/make_chat_targets.py data/demo/train.jsonl --output data/demo/train_chat.jsonl $ANSWERS --repeat_fraction 0.5
+$PY scripts/make_chat_targets.py data/demo/test_unseen_voice.jsonl --output data/demo/test_unseen_voice_chat.jsonl $ANSWERS
 $PY train.py configs/demo_chat.yaml "$@"
 OUT=$($PY -c "import sys, train; print(train.parse_args(sys.argv[1:])[2].output_dir)" configs/demo_chat.yaml "$@")
 $PY scripts/spoken_chat_eval.py --model "$OUT" --output "$OUT/spoken_chat.json" --max_new_tokens 32 \

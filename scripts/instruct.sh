@@ -14,16 +14,9 @@ DATA=data/instruct
 [ -f $DATA/sentences.txt ] || $PY scripts/make_open_sentences.py --output $DATA/sentences.txt
 [ -f $DATA/test_unseen_voice.jsonl ] \
   || $PY scripts/synthesize_demo_data.py --sentences $DATA/sentences.txt --output_dir $DATA --num_train 8000 --num_test 200
-targets() {  # make_chat_targets.py resumes an interrupted run; a finished one has one row per source row
-  local source=$1 output=$2
-  shift 2
-  if [ ! -f "$output" ] || [ "$(wc -l <"$output")" -lt "$(wc -l <"$source")" ]; then
-    $PY scripts/make_chat_targets.py "$source" --text_model_id $LLM --output "$output" --dtype bfloat16 \
-      --max_new_tokens 32 --batch_size 64 "$@"
-  fi
-}
-targets $DATA/train.jsonl $DATA/train_chat.jsonl --repeat_fraction 0.5
-targets $DATA/test_unseen_voice.jsonl $DATA/test_unseen_voice_chat.jsonl
+ANSWERS="--text_model_id $LLM --dtype bfloat16 --max_new_tokens 32 --batch_size 64"  # does nothing where complete
+$PY scripts/make_chat_targets.py $DATA/train.jsonl --output $DATA/train_chat.jsonl $ANSWERS --repeat_fraction 0.5
+$PY scripts/make_chat_targets.py $DATA/test_unseen_voice.jsonl --output $DATA/test_unseen_voice_chat.jsonl $ANSWERS
 $PY train.py configs/instruct.yaml "$@"
 OUT=$($PY -c "import sys, train; print(train.parse_args(sys.argv[1:])[2].output_dir)" configs/instruct.yaml "$@")
 $PY scripts/spoken_chat_eval.py --model "$OUT" --output "$OUT/spoken_chat.json" --wer_manifest $DATA/test_unseen_voice.jsonl

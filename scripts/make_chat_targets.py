@@ -15,7 +15,8 @@ With `--repeat_fraction F`, a seeded fraction F of the rows become transcription
 transcript itself, so no answer is generated for them; the other rows get an empty instruction (the audio is the
 whole user turn). `train.py --task chat --prompt_column prompt` trains on both kinds in one run.
 
-Rows are written as each batch finishes; the same command continues an interrupted run where it stopped.
+Rows are written as each batch finishes; the same command continues an interrupted run where it stopped, and does
+nothing (without loading the LLM) when OUTPUT is complete.
 """
 
 import argparse
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     done = len(output.read_text().splitlines()) if output.exists() else 0
     if done > len(rows):
         raise SystemExit(f"{output} holds {done} rows, more than the {len(rows)} asked for: a different manifest?")
+    if done == len(rows):
+        logger.info("%s: all %d rows already written", output, done)
+        return 0
     if done:
         logger.info("%s: %d of %d rows already written; continuing", output, done, len(rows))
 

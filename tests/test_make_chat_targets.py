@@ -2,6 +2,7 @@
 
 import json
 import sys
+from unittest import mock
 
 import torch
 from conftest import ROOT
@@ -25,6 +26,10 @@ def test_one_response_per_row_equal_to_generate_on_the_typed_turn(backbone_dirs,
     make_chat_targets.main([*common, "--batch_size", "3"])  # continues after the two rows written
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["text"] for row in rows] == TRANSCRIPTS
+    written = output.read_text()
+    with mock.patch.object(make_chat_targets.AutoModelForCausalLM, "from_pretrained", side_effect=AssertionError):
+        assert make_chat_targets.main([*common, "--batch_size", "3"]) == 0  # complete: nothing loaded or written
+    assert output.read_text() == written
     assert [(output.parent / row["audio"]).resolve() for row in rows] == [
         (tmp_path / "wav" / f"{i}.wav").resolve() for i in range(len(TRANSCRIPTS))
     ]
