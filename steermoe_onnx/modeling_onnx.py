@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
-    AutoProcessor,
     AutoTokenizer,
     DynamicCache,
     GenerationConfig,
@@ -26,6 +25,7 @@ from transformers.utils import cached_file
 from configuration_steermoe import SteerMoEConfig, get_num_audio_tokens  # the repo's root modules (py_modules)
 from modeling_steermoe import _right_to_left_padding, merge_audio_embeddings
 from pipeline_steermoe import SteerMoEASRPipeline
+from processing_steermoe import SteerMoEProcessor
 
 from .export import EXPORT_SUBFOLDER, GRAPHS, LLM_GENERATION_CONFIG_NAME, MANIFEST_NAME, PRECISIONS
 
@@ -317,7 +317,10 @@ def onnx_pipeline(model, precision: str = "fp32", session_options=None, **pipeli
         model, precision=precision, session_options=session_options
     )
     source, subfolder, hub_kwargs = onnx_model._source
-    processor = AutoProcessor.from_pretrained(source, subfolder=subfolder, trust_remote_code=True, **hub_kwargs)
+    # The installed processor beside the installed pipeline class: transformers reads remote code from the repository's
+    # root, not the export's subfolder, so an export inside an older adapter would pair this pipeline with its older
+    # processor.
+    processor = SteerMoEProcessor.from_pretrained(source, subfolder=subfolder, trust_remote_code=True, **hub_kwargs)
     return transformers_pipeline(
         "automatic-speech-recognition",
         model=onnx_model,

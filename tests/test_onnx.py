@@ -141,6 +141,14 @@ def test_pipeline_and_cli_backend_onnx_equal_pytorch(exported, tmp_path, capsys)
     assert dict(texts["onnx"])[str(tmp_path / "silence.wav")] == ""
     asr = onnx_pipeline(str(adapter), precision="int8")
     assert type(asr.model).__name__ == "SteerMoEOnnxForConditionalGeneration"
+    stale = tmp_path / "stale"  # an adapter saved by an older version: its root remote code is not this pipeline's
+    shutil.copytree(adapter, stale)
+    with open(stale / "processing_steermoe.py", "a") as handle:
+        handle.write("\nraise ImportError('stale remote code')\n")
+    files = [str(tmp_path / f"{index}.wav") for index in range(2)]
+    assert [out["text"] for out in onnx_pipeline(str(stale))(files, max_new_tokens=6)] == [
+        dict(texts["onnx"])[file] for file in files
+    ]
     assert isinstance(asr({"array": speechlike(1.0, 44100), "sampling_rate": 44100}, max_new_tokens=3)["text"], str)
 
 
