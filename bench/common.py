@@ -195,7 +195,8 @@ def report(name: str, args, rows: list[dict], extra: dict | None = None) -> None
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        cells = (f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v) for v in row.values())
+        lines.append("| " + " | ".join(cells) + " |")
     header = f"{name}: size={args.size}, device={args.device} ({machine(args.device)}), median of {args.repeats}"
     sys.stdout.write(header + "\n" + "\n".join(lines) + "\n")
     output = Path(args.output_dir) / f"{name}-{args.size}-{str(args.device).split(':')[0]}.json"

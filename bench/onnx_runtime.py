@@ -66,7 +66,7 @@ def parse_args(argv=None):
 
 
 def build_adapter(size: str, folder: Path) -> Path:
-    """Random backbones of `size` saved as checkpoints, an adapter on them, and its export with int8."""
+    """Random backbones of `size` saved as checkpoints, an adapter on them, and its export with every int8 graph."""
     from pipeline_rtf import word_tokenizer
     from transformers import WhisperFeatureExtractor
 
@@ -74,6 +74,7 @@ def build_adapter(size: str, folder: Path) -> Path:
     from modeling_steermoe import SteerMoEForConditionalGeneration
     from processing_steermoe import SteerMoEProcessor
     from steermoe_onnx import export_onnx
+    from steermoe_onnx.export import INT8_GRAPHS
 
     (_, _, _, _, mels), (*_, vocab) = SIZES[size]
     backbones = build_model(size, "cpu", torch.float32)
@@ -88,7 +89,7 @@ def build_adapter(size: str, folder: Path) -> Path:
     adapter = folder / "adapter"
     model.save_pretrained(adapter)
     processor.save_pretrained(adapter)
-    export_onnx(model, processor, adapter / "onnx", int8=True, source=f"random {size} backbones")
+    export_onnx(model, processor, adapter / "onnx", int8=list(INT8_GRAPHS), source=f"random {size} backbones")
     return adapter
 
 
@@ -147,9 +148,8 @@ def worker(args) -> dict:
             options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         asr = onnx_pipeline(args.adapter, precision=BACKENDS[args.worker], session_options=options)
     model = asr.model
-    if args.worker == "pytorch":
-        files_mb = sum(file.stat().st_size for file in Path(args.adapter).glob("*.safetensors")) / 2**20
-    else:
+    files_mb = None  # PyTorch reads the backbones' own checkpoints, in whatever precision they were saved
+    if args.worker != "pytorch":
         folder = Path(args.adapter) / "onnx"
         graphs = model.manifest["graphs"]
         names = [graphs[graph]["files"][precision] for graph, precision in model.precisions.items()]

@@ -5,8 +5,8 @@
 Writes the ONNX export of a saved SteerMoE adapter to <adapter>/onnx/ (or --output): the audio graph, the LLM's
 embedding and decoder graphs, the configs, the processor files and steermoe_onnx.json, the manifest.
 
---int8 adds int8 copies of the audio graph (dynamic int8) and the LLM (weight-only int8 blocks), or only of the
-graphs named (audio_encoder, decoder_model). The export then transcribes the check clips (--check-audio: a few clips
+--int8 adds the int8 copy of the LLM (weight-only int8 blocks); --int8 audio_encoder decoder_model also the audio
+graph's (dynamic int8), --int8 audio_encoder only that one. The export then transcribes the check clips (--check-audio: a few clips
 of your own held-out speech; by default two noise clips) greedily with fp32 and with each int8 set, writes the
 agreement into the manifest and warns when the tokens differ; --strict removes such int8 graphs and fails.
 """
@@ -32,11 +32,11 @@ def parse_args(argv=None):
     export.add_argument("adapter", help="A saved SteerMoE adapter: folder or Hub id.")
     export.add_argument("--output", help=f"Output folder (default: <adapter>/{EXPORT_SUBFOLDER}; required for a Hub id).")
     export.add_argument("--int8", nargs="*", choices=INT8_GRAPHS, metavar="GRAPH",
-                        help=f"Also write int8 graphs: all of {', '.join(INT8_GRAPHS)}, or those named.")  # fmt: skip
+                        help=f"Also write int8 graphs: the LLM's (decoder_model) alone, or those named from {', '.join(INT8_GRAPHS)}.")  # fmt: skip
     export.add_argument("--check-audio", nargs="+", metavar="FILE", help="Clips for the int8 check (default: noise).")
     export.add_argument("--strict", action="store_true", help="Fail (and drop them) when int8 graphs change tokens.")
     args = parser.parse_args(argv)
-    if args.int8 == []:  # the bare flag: every graph that has an int8 method
+    if args.int8 == []:  # the bare flag: the default int8 graphs (export.DEFAULT_INT8_GRAPHS)
         args.int8 = True
     if (args.check_audio or args.strict) and not args.int8:
         parser.error("--check-audio and --strict check the int8 graphs: add --int8")

@@ -35,8 +35,8 @@ GREEDY = {"max_new_tokens": 8, "min_new_tokens": 8}
 
 @pytest.fixture(scope="module")
 def exported(backbone_dirs, tmp_path_factory):
-    """A tiny adapter (aligner weights made large enough to matter) saved with its processor and exported, int8
-    included: `(adapter folder, PyTorch model, processor)`."""
+    """A tiny adapter (aligner weights made large enough to matter) saved with its processor and exported, the int8
+    copies of both the audio graph and the LLM included: `(adapter folder, PyTorch model, processor)`."""
     audio_dir, text_dir = backbone_dirs
     processor = SteerMoEProcessor(AutoFeatureExtractor.from_pretrained(audio_dir), AutoTokenizer.from_pretrained(text_dir))
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def exported(backbone_dirs, tmp_path_factory):
     adapter = tmp_path_factory.mktemp("onnx") / "adapter"
     model.save_pretrained(adapter)
     processor.save_pretrained(adapter)
-    export_onnx(model, processor, adapter / "onnx", int8=True, source=str(adapter))
+    export_onnx(model, processor, adapter / "onnx", int8=list(INT8_GRAPHS), source=str(adapter))
     return adapter, model.eval(), processor
 
 
@@ -363,8 +363,9 @@ def test_int8_check_warns_or_strictly_refuses_graphs_that_change_transcripts(exp
     assert manifest["int8"]["check"]["sets"][0]["identical"] < 2 and "change greedy transcripts" in caplog.text
     assert "int8" not in manifest["graphs"]["audio_encoder"]["files"]
 
-    with pytest.raises(RuntimeError, match="strict: .* removed"):
-        export_onnx(model, processor, tmp_path / "strict", int8=True, strict=True)
+    with caplog.at_level("INFO", logger="steermoe_onnx.export"), pytest.raises(RuntimeError, match="strict: .* removed"):
+        export_onnx(model, processor, tmp_path / "strict", int8=True, strict=True)  # True: the LLM alone
+    assert "audio_encoder stays fp32" in caplog.text
     manifest = json.loads((tmp_path / "strict" / MANIFEST_NAME).read_text())
     assert manifest["int8"] is None and not list((tmp_path / "strict").glob("*.int8.onnx*"))
     assert all(set(graph["files"]) == {"fp32"} for graph in manifest["graphs"].values())
