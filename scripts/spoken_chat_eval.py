@@ -274,10 +274,14 @@ def read_manifest(manifest: Path, limit: int | None = None) -> list[dict]:
 
 
 def answer_equivalence(model, processor, manifest: Path, limit: int | None = None, batch_size: int = 8,
-                       max_new_tokens: int = 32) -> dict:  # fmt: skip
+                       max_new_tokens: int = 32, cascade: bool = False) -> dict:  # fmt: skip
     """Spoken vs typed answers to the same sentences: each row of `manifest` (JSONL, `audio`, `text`) as the whole
     user turn, once typed (its `text`) and once spoken (its clip), greedy through the chat call. Returns the share of
-    identical answers (`identical`), the mean word-level F1 between the two (`mean_word_f1`) and every pair."""
+    identical answers (`identical`), the mean word-level F1 between the two (`mean_word_f1`) and every pair.
+
+    With `cascade`, also the same two figures for the answer to the adapter's own transcript of the clip typed
+    (`cascade`: what hearing as well as the adapter transcribes would give if the LLM then read text), with the
+    transcripts' WER: it tells a hearing gap from a reading gap."""
     rows = read_manifest(manifest, limit)
     if not rows:
         raise SystemExit(f"{manifest}: no rows to ask.")
@@ -285,18 +289,31 @@ def answer_equivalence(model, processor, manifest: Path, limit: int | None = Non
     spoken = [[{"role": "user", "content": [{"type": "audio", "path": row["audio"]}]}] for row in rows]
     answers = answer_all(model, processor, typed + spoken, batch_size, max_new_tokens)
     typed_answers, spoken_answers = answers[: len(rows)], answers[len(rows) :]
-    f1 = [word_f1(s, t) for s, t in zip(spoken_answers, typed_answers)]
-    return {
-        "manifest": str(manifest),
-        "clips": len(rows),
-        "max_new_tokens": max_new_tokens,
-        "identical": sum(s == t for s, t in zip(spoken_answers, typed_answers)) / len(rows),
-        "mean_word_f1": sum(f1) / len(rows),
-        "examples": [
-            {"sentence": row["text"], "typed": t, "spoken": s, "word_f1": round(score, 4)}
-            for row, t, s, score in zip(rows, typed_answers, spoken_answers, f1)
-        ],
-    }
+    report = {"manifest": str(manifest), "clips": len(rows), "max_new_tokens": max_new_tokens,
+              **agreement(spoken_answers, typed_answers)}  # fmt: skip
+    report["examples"] = [
+        {"sentence": row["text"], "typed": t, "spoken": s, "word_f1": round(word_f1(s, t), 4)}
+        for row, t, s in zip(rows, typed_answers, spoken_answers)
+    ]
+    if cascade:
+        instruction = processor.transcription_prompt
+        heard = answer_all(model, processor, [
+            [{"role": "user", "content": [{"type": "audio", "path": row["audio"]}, {"type": "text", "text": instruction}]}]
+            for row in rows
+        ], batch_size, max_new_tokens)  # fmt: skip
+        relayed = answer_all(model, processor, [[{"role": "user", "content": text}] for text in heard], batch_size,
+                             max_new_tokens)  # fmt: skip
+        scores = evaluate.load(METRIC_PATH).compute(predictions=heard, references=[r["text"] for r in rows], language="en")
+        report["cascade"] = {"transcript_wer": scores["wer"], **agreement(relayed, typed_answers)}
+        for example, text, answer in zip(report["examples"], heard, relayed):
+            example["cascade"] = {"transcript": text, "answer": answer, "word_f1": round(word_f1(answer, example["typed"]), 4)}
+    return report
+
+
+def agreement(answers: list[str], references: list[str]) -> dict:
+    """The share of `answers` identical to their reference and the mean word-level F1 to it."""
+    f1 = [word_f1(a, r) for a, r in zip(answers, references)]
+    return {"identical": sum(a == r for a, r in zip(answers, references)) / len(answers), "mean_word_f1": sum(f1) / len(f1)}
 
 
 def transcription_wer(model, processor, manifest: Path, limit: int | None = None, batch_size: int = 8,
@@ -330,9 +347,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--equivalence_manifest", help="Ask each sentence of this manifest typed and spoken.")
     parser.add_argument("--equivalence_samples", type=int, help="Only the first N rows of --equivalence_manifest.")
+    parser.add_argument("--cascade", action="store_true",
+                        help="Also answer the adapter's own transcript of each clip, typed (tells hearing from reading).")
     parser.add_argument("--wer_manifest", help="Also score transcription through the chat call on this manifest.")
     parser.add_argument("--wer_samples", type=int, help="Only the first N rows of --wer_manifest.")
     args = parser.parse_args(argv)
+    if args.cascade and not args.equivalence_manifest:
+        parser.error("--cascade needs --equivalence_manifest")
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     if not (processor.chat_template or processor.tokenizer.chat_template):
@@ -342,7 +363,7 @@ def main(argv=None) -> int:
     if args.equivalence_manifest:
         report["equivalence"] = answer_equivalence(
             model, processor, Path(args.equivalence_manifest), args.equivalence_samples, args.batch_size,
-            args.max_new_tokens,
+            args.max_new_tokens, args.cascade,
         )
     if args.wer_manifest:
         report["transcription"] = transcription_wer(

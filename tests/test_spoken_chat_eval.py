@@ -117,6 +117,23 @@ def test_answer_equivalence_asks_each_sentence_typed_and_spoken(model, processor
     assert report["mean_word_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
     assert report["examples"][0] == {"sentence": "the quick fox", "typed": "Yes, a fox.", "spoken": "yes a fox", "word_f1": 1.0}
 
+    asked.clear()
+    replies = iter([
+        ["Yes, a fox.", "No.", "Hello there", "yes a fox", "no dog", "Bye"],  # typed, then spoken
+        ["the quick box", "a lazy dog", "high"],  # the adapter's transcripts
+        ["Yes, a box.", "No.", "Hi"],  # the answers to those transcripts, typed
+    ])  # fmt: skip
+    monkeypatch.setattr(spoken_chat_eval, "answer_all", lambda model_, processor_, conversations, *args: (
+        asked.append(conversations), next(replies))[1])  # fmt: skip
+    monkeypatch.setattr(processor, "transcription_prompt", "Say it again.")
+    report = spoken_chat_eval.answer_equivalence(model, processor, manifest, cascade=True)
+    assert [c[0]["content"][1]["text"] for c in asked[1]] == ["Say it again."] * 3
+    assert [c[0]["content"] for c in asked[2]] == ["the quick box", "a lazy dog", "high"]
+    assert report["cascade"]["identical"] == pytest.approx(1 / 3)
+    assert report["cascade"]["mean_word_f1"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert report["cascade"]["transcript_wer"] == pytest.approx(2 / 7)  # fox -> box, hi -> high, of 7 words
+    assert report["examples"][1]["cascade"] == {"transcript": "a lazy dog", "answer": "No.", "word_f1": 1.0}
+
     monkeypatch.setattr(spoken_chat_eval, "answer_all", answer_all)
     real = spoken_chat_eval.answer_equivalence(model, processor, manifest, limit=2, max_new_tokens=3)
     typed = processor.apply_chat_template(
