@@ -146,9 +146,10 @@ def export_onnx(
 
     Args:
         int8 (`bool` or list of graph names): `True` also writes the int8 copy of the LLM (`DEFAULT_INT8_GRAPHS`;
-            the audio graph stays fp32, which the log says), a list of graph names from `INT8_GRAPHS` those. Each quantized set (each graph alone, and all of them) then
-            transcribes the check clips greedily beside the fp32 graphs; the agreement goes into the manifest
-            (`int8.check`), and a warning names the sets whose tokens differ.
+            the audio graph stays fp32, which the log says); a list of names from `INT8_GRAPHS`, of those graphs.
+            Each quantized set (each graph alone, and all of them) then transcribes the check clips greedily beside
+            the fp32 graphs; the agreement goes into the manifest (`int8.check`), and a warning names the sets whose
+            tokens differ.
         check_audio (list, *optional*): the clips of that check (paths, or `(samples, sampling_rate)` pairs): a few
             real clips of the adapter's domain make it a check of transcripts; by default the two noise clips the
             graphs are traced with.
@@ -195,7 +196,8 @@ def export_onnx(
 
 
 def _int8_graphs(int8) -> tuple[str, ...]:
-    """The graphs `int8` asks to quantize: all of `INT8_GRAPHS` for `True`, none for `False`/`None`, else those named."""
+    """The graphs `int8` asks to quantize: `DEFAULT_INT8_GRAPHS` for `True`, none for `False`/`None`, else those
+    named (from `INT8_GRAPHS`)."""
     if int8 is True:
         left = [name for name in INT8_GRAPHS if name not in DEFAULT_INT8_GRAPHS]
         logger.info(
@@ -250,7 +252,7 @@ def _check_quantized(output_dir: Path, processor, clips: list, quantized: tuple[
     report = {"clips": len(clips), "max_new_tokens": CHECK_MAX_NEW_TOKENS, "sets": []}
     for graphs in sets:
         got = transcribe(dict.fromkeys(graphs, "int8"))
-        prefixes = [_common_prefix(a, b) / max(len(a), 1) for a, b in zip(got, reference)]
+        prefixes = [_common_prefix(ours, theirs) / max(len(theirs), 1) for ours, theirs in zip(got, reference)]
         report["sets"].append({
             "int8_graphs": list(graphs),
             "identical": sum(a == b for a, b in zip(got, reference)),
@@ -260,10 +262,11 @@ def _check_quantized(output_dir: Path, processor, clips: list, quantized: tuple[
 
 
 def _common_prefix(a: list, b: list) -> int:
+    """How many leading items `a` and `b` share."""
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return index
-    return min(len(a), len(b)) if len(a) != len(b) else len(a)
+    return min(len(a), len(b))
 
 
 def _report_quantized(output_dir: Path, manifest: dict, strict: bool) -> None:
