@@ -885,7 +885,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         unfilled placeholders removed (`remove_positions`); unchanged without compression."""
         if self.config.frame_compression is None:
             return inputs_embeds, input_ids, attention_mask, labels
-        inputs_embeds, remove = self._compress_frames(input_ids, inputs_embeds)
+        inputs_embeds, remove = self._compress_frames(self.get_placeholder_mask(input_ids), inputs_embeds)
         remove = remove.to(input_ids.device)
         return remove_positions(remove, inputs_embeds, input_ids, attention_mask, labels, self._pad_token_id())
 
@@ -1016,11 +1016,11 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         keep[placeholder_mask] = kept.to(keep.device)
         return labels, keep
 
-    def _compress_frames(self, input_ids, inputs_embeds):
-        """`ctc_compress` of the audio frames of `inputs_embeds` `(batch, seq_len, D)` as `frame_compression` says:
-        the compressed embeddings and the mask `(batch, seq_len)` of the placeholders to remove (all False without
-        compression)."""
-        placeholder_mask = self.get_placeholder_mask(input_ids).to(inputs_embeds.device)
+    def _compress_frames(self, placeholder_mask, inputs_embeds):
+        """`ctc_compress` of the audio frames of `inputs_embeds` `(batch, seq_len, D)` at `placeholder_mask` as
+        `frame_compression` says: the compressed embeddings and the mask `(batch, seq_len)` of the placeholders to
+        remove (all False without compression)."""
+        placeholder_mask = placeholder_mask.to(inputs_embeds.device)
         if self.config.frame_compression is None:
             return inputs_embeds, torch.zeros_like(placeholder_mask)
         labels, keep = self._compression_choice(inputs_embeds, placeholder_mask)
@@ -1104,7 +1104,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
             llm_input_ids = input_ids.masked_fill(placeholder_mask, pad_id)
-            inputs_embeds, remove = self._compress_frames(input_ids, inputs_embeds)
+            inputs_embeds, remove = self._compress_frames(placeholder_mask, inputs_embeds)
             if bool(remove.any()):  # unfilled placeholders become left padding: the prompt keeps its width
                 if attention_mask is None:
                     attention_mask = torch.ones_like(input_ids)

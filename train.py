@@ -770,13 +770,17 @@ def oracle_inputs(processor, prompts: list[str], transcripts: list[str], targets
 
 def build_model_and_processor(model_args: ModelArguments):
     dtype = model_args.backbone_dtype if model_args.backbone_dtype == "auto" else getattr(torch, model_args.backbone_dtype)
-    loss_fields = {key: getattr(model_args, key) for key in LOSS_FIELDS if getattr(model_args, key) is not None}
-    for key in ("frame_compression", "ctc_blank_threshold"):
-        if getattr(model_args, key) is not None:
-            loss_fields[key] = None if getattr(model_args, key) in ("none", "") else getattr(model_args, key)
+    # The recipe's config fields given on the command line (an --adapter run may change them, not the architecture).
+    recipe_fields = {
+        key: getattr(model_args, key)
+        for key in (*LOSS_FIELDS, "frame_compression", "ctc_blank_threshold")
+        if getattr(model_args, key) is not None
+    }
+    if recipe_fields.get("frame_compression") in ("none", ""):
+        recipe_fields["frame_compression"] = None
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
-        model.config.update(loss_fields)
+        model.config.update(recipe_fields)
         model.config.validate_loss()
         return model, SteerMoEProcessor.from_pretrained(model_args.adapter, trust_remote_code=True)
     pooling_type = None if model_args.pooling_type in ("none", "") else model_args.pooling_type
@@ -796,7 +800,7 @@ def build_model_and_processor(model_args: ModelArguments):
         pooling_type=pooling_type,
         pooling_kernel_size=model_args.pooling_kernel_size,
         projector_type=model_args.projector_type,
-        **loss_fields,
+        **recipe_fields,
     )
     return SteerMoEForConditionalGeneration(config, dtype=dtype), SteerMoEProcessor.from_config(config)
 

@@ -208,9 +208,11 @@ def compare(args):
     """Run each backend in its own process, then report the figures with their ratios to PyTorch."""
     files, references = clips_and_references(args)
     manifest = json.loads((Path(args.adapter) / "onnx" / "steermoe_onnx.json").read_text())
-    exported = (manifest.get("int8") or {}).get("graphs", [])
-    available = {"onnx fp32": True, "onnx int8": bool(exported), "onnx int8 audio only": "audio_encoder" in exported,
-                 "onnx int8 llm only": "decoder_model" in exported}  # fmt: skip
+    exported = set((manifest.get("int8") or {}).get("graphs", []))
+    available = {  # a backend runs where the export has every int8 graph its precision names
+        backend: precision == "fp32" or (bool(exported) if precision == "int8" else set(precision) <= exported)
+        for backend, precision in list(BACKENDS.items())[1:]
+    }
     if args.backends:
         missing = [backend for backend in args.backends if not available[backend]]
         if missing:
