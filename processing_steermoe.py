@@ -301,6 +301,10 @@ class SteerMoEProcessor(ProcessorMixin):
         transcription_prompt (`str`, *optional*, defaults to `"Transcribe the audio."`): The instruction the
             transcription paths (pipeline, CLI, `apply_transcription_request`, serving) put after the audio when
             none is given; `train.py` saves the one the adapter was trained with.
+        transcription_examples (`list[str]`, *optional*): Sentences shown as earlier turns of every transcription
+            request, before the audio turn: the user gives the sentence followed by `transcription_prompt`, the
+            assistant repeats it verbatim. In-context examples of verbatim copying keep a small frozen LLM from
+            rephrasing what it reads (docs/demo_experiments.md); `train.py` saves those the adapter was trained with.
         max_segment_seconds (`float`, *optional*): The longest audio the adapter transcribes in one pass; longer
             audio is cut at pauses into segments no longer than this (`speech_segments`). `train.py` saves the
             longest training clip; `None` means `DEFAULT_SEGMENT_SECONDS` (30 s).
@@ -320,6 +324,7 @@ class SteerMoEProcessor(ProcessorMixin):
         pad_to_full_window=False,
         speech_threshold_db=DEFAULT_SPEECH_THRESHOLD_DB,
         transcription_prompt=DEFAULT_TRANSCRIPTION_PROMPT,
+        transcription_examples=None,
         max_segment_seconds=None,
         chat_template=None,
     ):
@@ -333,6 +338,7 @@ class SteerMoEProcessor(ProcessorMixin):
         self.pad_to_full_window = pad_to_full_window
         self.speech_threshold_db = speech_threshold_db
         self.transcription_prompt = transcription_prompt
+        self.transcription_examples = list(transcription_examples or [])
         self.max_segment_seconds = max_segment_seconds
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
@@ -605,11 +611,21 @@ class SteerMoEProcessor(ProcessorMixin):
 
     def build_prompt(self, instruction: str, use_chat_template: bool = True) -> str:
         """A user turn holding the audio then `instruction`, in the chat template when there is one (and
-        `use_chat_template`), else the plain `audio token + instruction`."""
+        `use_chat_template`), else the plain `audio token + instruction`. When `instruction` is the
+        `transcription_prompt`, the `transcription_examples` come first as turns of their own (user: example +
+        instruction, assistant: example; plain form: one line each)."""
+        examples = self.transcription_examples if instruction == self.transcription_prompt else []
         if use_chat_template and (self.chat_template or self.tokenizer.chat_template):
-            conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
+            conversation = []
+            for example in examples:
+                conversation.append({"role": "user", "content": [{"type": "text", "text": example + instruction}]})
+                conversation.append({"role": "assistant", "content": [{"type": "text", "text": example}]})
+            conversation.append(
+                {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}
+            )
             return self.apply_chat_template(conversation, add_generation_prompt=True)
-        return f"{self.audio_token}{instruction}"
+        shown = "".join(f"{example}{instruction}\n{example}\n" for example in examples)
+        return f"{shown}{self.audio_token}{instruction}"
 
     def apply_chat_template(
         self,

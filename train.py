@@ -210,6 +210,13 @@ class DataArguments:
         },
     )
     prompt: str = field(default="Transcribe the audio.")
+    transcription_examples: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Sentences shown before each transcription request as earlier turns (user: sentence + "
+            "--prompt; assistant: the sentence): in-context examples of verbatim copying. Saved in the processor."
+        },
+    )
     language: str = field(default="en", metadata={"help": "Normalisation for WER/CER: en, zh or other."})
     use_chat_template: bool = field(default=True)
     min_audio_seconds: float = field(default=0.1)
@@ -826,6 +833,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         )
     if data_args.task == "asr":
         processor.transcription_prompt = data_args.prompt  # the pipeline, CLI and server ask as training did
+        processor.transcription_examples = list(data_args.transcription_examples)
     if training_args.llm_dtype:
         model.language_model.to(getattr(torch, training_args.llm_dtype))
     if training_args.generation_stop_strings:

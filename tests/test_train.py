@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import modeling_steermoe
 import train
 from modeling_steermoe import SteerMoEForConditionalGeneration
+from processing_steermoe import SteerMoEProcessor
 
 WORDS = ["the quick fox", "a lazy dog", "my fellow americans", "the first great sorrow"]
 
@@ -394,6 +395,19 @@ def test_prompt_column_mixes_transcription_rows_into_the_chat_task(processor, tm
     user_turns = [teacher.split("<|im_start|>user\n")[1].split("<|im_end|>")[0] for teacher in teachers]
     assert user_turns[0] == "the quick brown fox" + "Repeat the text above exactly."  # token ids joined as the prompt's
     assert user_turns[1] == "the quick brown fox"
+
+
+def test_training_asks_and_saves_the_transcription_examples(backbone_dirs, manifest, tmp_path):
+    out = tmp_path / "run"
+    examples = ["the two forms by friday the", "rain fell on the square"]
+    args = run_args(backbone_dirs, manifest, out, "--do_train", "--max_steps", "1", "--save_strategy", "no")
+    train.main([*args, "--prompt", "Say it again.", "--transcription_examples", *examples])
+    saved = json.loads((out / "processor_config.json").read_text())
+    assert saved["transcription_prompt"] == "Say it again." and saved["transcription_examples"] == examples
+    processor = SteerMoEProcessor.from_pretrained(out)
+    collator = train.SteerMoEDataCollator(processor, train.DataArguments(prompt="Say it again."))
+    assert collator.prompt_for({"text": "x"}) == processor.build_prompt("Say it again.")
+    assert "rain fell on the square" in collator.prompt_for({"text": "x"})
 
 
 def test_training_saves_the_prompt_columns_instruction_as_the_transcription_prompt(backbone_dirs, manifest, tmp_path):
