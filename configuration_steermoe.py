@@ -173,6 +173,11 @@ class SteerMoEConfig(PreTrainedConfig):
             every frame.
         ctc_blank_threshold (`float`, *optional*, defaults to 0.95): The blank probability above which
             `"ctc_threshold"` drops a frame.
+        soft_token_temperature (`float`, *optional*): With `frame_compression`, the LLM reads each compressed frame
+            as a soft token: the mean of its input embeddings under the CTC head's distribution over tokens (blank
+            excluded) at this temperature (lower is sharper; `ctc_soft_tokens`). Text-like input a frozen LLM reads
+            as words, keeping the head's doubt between similar words; the LLM's loss trains through it. `None`
+            (default): the frames themselves.
         encoder_lora_rank (`int`, *optional*, defaults to 0): LoRA rank on the encoder's attention and FFN (the
             paper's "LoRA-tuned encoder" baseline, through peft); 0 is off.
         encoder_lora_alpha (`float`, *optional*, defaults to 16): Its scaling numerator.
@@ -253,6 +258,7 @@ class SteerMoEConfig(PreTrainedConfig):
     projector_type: str = "linear"
     frame_compression: str | None = None
     ctc_blank_threshold: float = 0.95
+    soft_token_temperature: float | None = None
     encoder_lora_rank: int = 0
     encoder_lora_alpha: float = 16.0
     encoder_lora_target_modules: list[str] | None = None
@@ -339,6 +345,14 @@ class SteerMoEConfig(PreTrainedConfig):
             raise ValueError(f"frame_compression must be one of {FRAME_COMPRESSIONS}, got {self.frame_compression!r}")
         if not 0 < self.ctc_blank_threshold < 1:
             raise ValueError(f"ctc_blank_threshold must be in (0, 1), got {self.ctc_blank_threshold}")
+        if self.soft_token_temperature is not None:
+            if self.soft_token_temperature <= 0:
+                raise ValueError(f"soft_token_temperature must be > 0, got {self.soft_token_temperature}")
+            if self.frame_compression is None:
+                raise ValueError(
+                    "soft_token_temperature reads the kept frames as tokens and needs frame_compression (ctc_argmax "
+                    "or ctc_threshold): without it the blank frames would be read as words."
+                )
         if self.frame_compression is not None and self.ctc_loss_coef <= 0:
             raise ValueError(
                 f"frame_compression={self.frame_compression!r} keeps the frames the CTC head reads as labels, and "

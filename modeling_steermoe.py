@@ -305,6 +305,22 @@ def ctc_compress(
     return compressed, placeholder_mask & ~starts
 
 
+def ctc_soft_tokens(
+    frames: torch.Tensor,
+    embedding_matrix: torch.Tensor,
+    blank_id: int,
+    temperature: float,
+    logit_scale: float = 0.0,
+    inverse_row_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft tokens `(num_frames, D)` of `frames` `(num_frames, D)`: the mean of the rows of `embedding_matrix`
+    `(V, D)` (the LLM's input embeddings) weighted by `softmax(ctc_logits(frames, ...) / temperature)` with the
+    blank excluded. Differentiable in `frames`; the LLM reads text-like input that keeps the head's doubt."""
+    logits = ctc_logits(frames, embedding_matrix, logit_scale, inverse_row_norms) / temperature
+    logits = logits.index_fill(-1, torch.tensor([blank_id], device=logits.device), float("-inf"))
+    return (logits.softmax(-1).to(embedding_matrix.dtype) @ embedding_matrix).to(frames.dtype)
+
+
 def remove_positions(remove: torch.Tensor, inputs_embeds, input_ids, attention_mask=None, labels=None, pad_token_id=0):
     """Remove the positions in `remove` `(batch, seq_len)` from each row, the others kept in order and packed to
     the left; rows are padded on the right to the longest (`pad_token_id`, attention 0, label -100).
@@ -1018,13 +1034,21 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def _compress_frames(self, placeholder_mask, inputs_embeds):
         """`ctc_compress` of the audio frames of `inputs_embeds` `(batch, seq_len, D)` at `placeholder_mask` as
-        `frame_compression` says: the compressed embeddings and the mask `(batch, seq_len)` of the placeholders to
-        remove (all False without compression)."""
+        `frame_compression` says (as `ctc_soft_tokens` with `soft_token_temperature`): the compressed embeddings and
+        the mask `(batch, seq_len)` of the placeholders to remove (all False without compression)."""
         placeholder_mask = placeholder_mask.to(inputs_embeds.device)
         if self.config.frame_compression is None:
             return inputs_embeds, torch.zeros_like(placeholder_mask)
         labels, keep = self._compression_choice(inputs_embeds, placeholder_mask)
-        return ctc_compress(inputs_embeds, placeholder_mask, labels, keep)
+        compressed, remove = ctc_compress(inputs_embeds, placeholder_mask, labels, keep)
+        if self.config.soft_token_temperature is None:
+            return compressed, remove
+        read = placeholder_mask & ~remove
+        soft = ctc_soft_tokens(
+            compressed[read], self._ctc_head_weight(), self._ctc_blank(), self.config.soft_token_temperature,
+            self.config.ctc_logit_scale, self._embedding_row_norms()[0],
+        )  # fmt: skip
+        return compressed.masked_scatter(read[..., None], soft), remove
 
     def _ctc_loss(self, frames, frame_counts, transcript_labels, labels):
         """`ctc_loss_over_vocabulary` of the frames against `transcript_labels` (else `labels`), over the LLM's

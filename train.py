@@ -98,6 +98,14 @@ class ModelArguments:
     ctc_blank_threshold: float | None = field(
         default=None, metadata={"help": "ctc_threshold's blank probability (config default 0.95)."}
     )
+    soft_token_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "With --frame_compression, the LLM reads each kept frame as the mean of its input embeddings "
+            "under the CTC head's distribution (blank excluded) at this temperature. With --adapter, None keeps "
+            "the adapter's."
+        },
+    )
     backbone_dtype: str = field(
         default="auto", metadata={"help": "dtype of the frozen backbones: auto, float32, bfloat16 or float16."}
     )
@@ -780,7 +788,7 @@ def build_model_and_processor(model_args: ModelArguments):
     # The recipe's config fields given on the command line (an --adapter run may change them, not the architecture).
     recipe_fields = {
         key: getattr(model_args, key)
-        for key in (*LOSS_FIELDS, "frame_compression", "ctc_blank_threshold")
+        for key in (*LOSS_FIELDS, "frame_compression", "ctc_blank_threshold", "soft_token_temperature")
         if getattr(model_args, key) is not None
     }
     if recipe_fields.get("frame_compression") in ("none", ""):

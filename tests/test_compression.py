@@ -6,7 +6,7 @@ import torch
 from conftest import speechlike
 
 from configuration_steermoe import SteerMoEConfig
-from modeling_steermoe import ctc_compress, remove_positions
+from modeling_steermoe import ctc_compress, ctc_logits, ctc_soft_tokens, remove_positions
 
 BLANK, A, B = 7, 3, 5
 
@@ -54,12 +54,30 @@ def test_removed_positions_leave_packed_rows_padded_on_the_right():
     assert torch.equal(embeds[..., 0][mask.bool()], ids[mask.bool()].float())
 
 
+def test_soft_tokens_are_the_heads_expected_embedding_without_the_blank():
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(9, 4, generator=generator)
+    inverse_norms = 1 / embeddings.norm(dim=-1)
+    frames = torch.cat([embeddings[[A, B, BLANK]] * 2.0, torch.randn(2, 4, generator=generator)]).requires_grad_()
+    sharp = ctc_soft_tokens(frames, embeddings, BLANK, 1e-3, 30.0, inverse_norms)
+    torch.testing.assert_close(sharp[:2], embeddings[[A, B]])  # a frame on a token's direction reads as the token
+    runner_up = ctc_logits(frames[2:3], embeddings, 30.0, inverse_norms)[0].index_fill(0, torch.tensor([BLANK]), -1e9)
+    torch.testing.assert_close(sharp[2], embeddings[int(runner_up.argmax())])  # never the blank: its best other token
+    flat = ctc_soft_tokens(frames, embeddings, BLANK, 1e6, 30.0, inverse_norms)
+    others = torch.ones(9, dtype=torch.bool).index_fill(0, torch.tensor([BLANK]), False)
+    torch.testing.assert_close(flat[3], embeddings[others].mean(0), atol=1e-4, rtol=0)
+    ctc_soft_tokens(frames, embeddings, BLANK, 0.5, 30.0, inverse_norms)[3:].sum().backward()
+    assert frames.grad[3:].abs().min() > 0 and frames.grad[:3].abs().max() == 0
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
         ({"frame_compression": "ctc_argmax"}, "only ctc_loss_coef > 0 trains that head"),
         ({"frame_compression": "blank", "ctc_loss_coef": 1.0}, "frame_compression must be one of"),
         ({"frame_compression": "ctc_threshold", "ctc_loss_coef": 1.0, "ctc_blank_threshold": 1.0}, r"in \(0, 1\)"),
+        ({"soft_token_temperature": 0.5, "ctc_loss_coef": 1.0}, "needs frame_compression"),
+        ({"soft_token_temperature": 0.0, "ctc_loss_coef": 1.0, "frame_compression": "ctc_argmax"}, "must be > 0"),
     ],
 )
 def test_bad_compression_settings_are_refused(backbone_dirs, fields, message):
@@ -103,9 +121,10 @@ def with_tokens_for_audio(processor, tokens: list[int]) -> torch.Tensor:
     return torch.tensor([prompt[:at] + tokens + prompt[at + 1 :]])
 
 
-@pytest.mark.parametrize("mode", ["ctc_argmax", "ctc_threshold"])
-def test_generate_reads_the_compressed_frames_and_returns_the_prompt_with_its_placeholders(make_model, processor, monkeypatch, mode):
-    model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0, frame_compression=mode)
+@pytest.mark.parametrize("mode, temperature", [("ctc_argmax", None), ("ctc_threshold", None), ("ctc_argmax", 0.01)])
+def test_generate_reads_the_compressed_frames_and_returns_the_prompt_with_its_placeholders(make_model, processor, monkeypatch, mode, temperature):
+    # frames on the tokens' own embeddings: read as they are, or as sharp soft tokens (the same embeddings)
+    model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0, frame_compression=mode, soft_token_temperature=temperature)
     batch, tokens = token_frames(model, processor, ["the quick", "a dog ran"], monkeypatch)
     greedy = {"max_new_tokens": 6, "do_sample": False}
     out = model.generate(**batch, **greedy)
