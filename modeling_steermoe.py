@@ -880,6 +880,20 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
         return self._ctc_greedy_tokens(inputs_embeds, self.get_placeholder_mask(input_ids))
 
+    @torch.no_grad()
+    def audio_frames_read(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.FloatTensor,
+        feature_attention_mask: torch.Tensor | None = None,
+    ) -> torch.LongTensor:
+        """`(batch,)` how many audio frames the LLM reads in each row: every placeholder, or with
+        `frame_compression` those the CTC head keeps (one per run). Arguments as in `ctc_readout`."""
+        inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
+        placeholder_mask = self.get_placeholder_mask(input_ids).to(inputs_embeds.device)
+        _, remove = self._compress_frames(placeholder_mask, inputs_embeds)
+        return (placeholder_mask & ~remove).sum(1)
+
     def _ctc_greedy_tokens(self, inputs_embeds, placeholder_mask) -> list[list[int]]:
         """The CTC head's greedy readout of the frames at `placeholder_mask` in `inputs_embeds`, one list per row."""
         blank = self._ctc_blank()

@@ -668,13 +668,16 @@ class SteerMoETrainer(Trainer):
         model.eval()
         predictions, references, readouts = [], [], []
         read_ctc = model.config.ctc_loss_coef > 0 and self.eval_collator.data_args.task == "asr"
-        stopped_by_eos = 0
+        stopped_by_eos = frames_read = placeholders = 0
         start = time.time()
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
             if read_ctc:  # the CTC head's own greedy transcript of the same frames, beside the LLM's
                 tokens = model.ctc_readout(batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"))
                 readouts += [text.strip() for text in self.processing_class.batch_decode(tokens, skip_special_tokens=True)]
+                args = (batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"))
+                frames_read += int(model.audio_frames_read(*args).sum())
+                placeholders += int(model.get_placeholder_mask(batch["input_ids"]).sum())
             bound = []
             if self.eval_collator.data_args.task == "asr":  # the pipeline's transcript length bound
                 bound = [self.processing_class.transcript_length_criteria(batch["input_ids"])]
@@ -701,6 +704,10 @@ class SteerMoETrainer(Trainer):
             readouts = self.accelerator.gather_for_metrics(readouts, use_gather_object=True)
             ctc = self.metric.compute(predictions=readouts, references=references, language=self.language)
             metrics.update({f"{metric_key_prefix}_ctc_{key}": value for key, value in ctc.items()})
+            # audio frames the LLM reads per second of audio (the placeholders stand at a fixed rate)
+            frames_read, placeholders = map(sum, zip(*self.accelerator.gather_for_metrics([(frames_read, placeholders)], use_gather_object=True)))
+            seconds = placeholders * self.processing_class.audio_token_seconds
+            metrics[f"{metric_key_prefix}_llm_frames_per_second"] = round(frames_read / max(seconds, 1e-9), 3)
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
         self.last_predictions = list(zip(references, predictions, readouts or [None] * len(predictions)))
         self.log(metrics)
@@ -972,7 +979,8 @@ def summarize(report: dict) -> str:
     def scores(metrics: dict, prefix: str) -> str:
         text = f"WER {metrics[f'{prefix}_wer']:.3f}, CER {metrics[f'{prefix}_cer']:.3f}"
         if f"{prefix}_ctc_wer" in metrics:
-            text += f" (the CTC head's own readout of the frames: WER {metrics[f'{prefix}_ctc_wer']:.3f})"
+            text += f" (the CTC head's own readout of the frames: WER {metrics[f'{prefix}_ctc_wer']:.3f}; the LLM reads "
+            text += f"{metrics[f'{prefix}_llm_frames_per_second']:.2f} frames per second of audio)"
         return text
 
     for key, label in (("eval_before", "before training"), ("eval", "after training")):

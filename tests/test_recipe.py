@@ -303,6 +303,7 @@ def test_evaluation_reports_the_ctc_readout_beside_the_llm(backbone_dirs, manife
                        "--generation_max_new_tokens", "4", "--ctc_loss_coef", "1", "--ctc_logit_scale", "30")  # fmt: skip
     report = train.main(args)
     assert 0 <= report["eval"]["eval_ctc_wer"] and "eval_wer" in report["eval"]
+    assert report["eval"]["eval_llm_frames_per_second"] == pytest.approx(12.5)  # every frame: Whisper's 50 Hz / 4
     rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all({"reference", "prediction", "ctc_readout"} <= row.keys() for row in rows)
     plain = train.main(common_args(backbone_dirs, manifest, tmp_path / "plain", 2, "--max_steps", "1", "--do_eval",
