@@ -98,12 +98,12 @@ class ModelArguments:
     ctc_blank_threshold: float | None = field(
         default=None, metadata={"help": "ctc_threshold's blank probability (config default 0.95)."}
     )
-    soft_token_temperature: float | None = field(
+    soft_token_temperature: str | None = field(
         default=None,
         metadata={
             "help": "With --frame_compression, the LLM reads each kept frame as the mean of its input embeddings "
-            "under the CTC head's distribution (blank excluded) at this temperature. With --adapter, None keeps "
-            "the adapter's."
+            "under the CTC head's distribution (blank excluded) at this temperature; none reads the frames "
+            "themselves. With --adapter, None keeps the adapter's."
         },
     )
     backbone_dtype: str = field(
@@ -800,6 +800,9 @@ def build_model_and_processor(model_args: ModelArguments):
     }
     if recipe_fields.get("frame_compression") in ("none", ""):
         recipe_fields["frame_compression"] = None
+    if "soft_token_temperature" in recipe_fields:
+        temperature = recipe_fields["soft_token_temperature"]
+        recipe_fields["soft_token_temperature"] = None if temperature in ("none", "") else float(temperature)
     if model_args.adapter:
         model = SteerMoEForConditionalGeneration.from_pretrained(model_args.adapter, dtype=dtype)
         model.config.update(recipe_fields)

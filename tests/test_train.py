@@ -410,6 +410,21 @@ def test_training_asks_and_saves_the_transcription_examples(backbone_dirs, manif
     assert "rain fell on the square" in collator.prompt_for({"text": "x"})
 
 
+def test_soft_tokens_are_set_saved_and_turned_off_from_the_command_line(backbone_dirs, manifest, tmp_path):
+    args = run_args(backbone_dirs, manifest, tmp_path / "soft", "--do_train", "--max_steps", "1", "--ctc_loss_coef", "1",
+                    "--frame_compression", "ctc_argmax", "--soft_token_temperature", "0.25")  # fmt: skip
+    train.main(args)
+    saved = json.loads((tmp_path / "soft" / "config.json").read_text())
+    assert saved["frame_compression"] == "ctc_argmax" and saved["soft_token_temperature"] == 0.25
+    off = run_args(backbone_dirs, manifest, tmp_path / "off", "--do_train", "--max_steps", "1", "--adapter",
+                   str(tmp_path / "soft"), "--frame_compression", "none", "--soft_token_temperature", "none")  # fmt: skip
+    train.main(off)
+    saved = json.loads((tmp_path / "off" / "config.json").read_text())
+    assert saved["frame_compression"] is None and saved["soft_token_temperature"] is None
+    with pytest.raises(ValueError, match="needs frame_compression"):
+        train.main([*off[:-2]])  # the adapter's soft tokens without its compression
+
+
 def test_training_saves_the_prompt_columns_instruction_as_the_transcription_prompt(backbone_dirs, manifest, tmp_path):
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     mixed = manifest.parent / "mixed.jsonl"
