@@ -246,15 +246,28 @@ def test_auto_processor_round_trip_keeps_the_gate_setting(processor, tmp_path):
     assert loaded.speech_threshold_db == -35.0 and loaded.audio_token_id == processor.audio_token_id
 
 
-def test_the_saved_transcription_prompt_is_what_transcription_asks(fresh_pair, tmp_path):
+@pytest.mark.parametrize("examples", [[], ["the two forms by friday the", "rain fell on the square"]])
+def test_the_saved_transcription_prompt_and_examples_are_what_transcription_asks(fresh_pair, tmp_path, examples):
     model, processor = fresh_pair
-    processor.transcription_prompt = "Repeat the text above exactly."
+    instruction = "Repeat the text above exactly."
+    processor.transcription_prompt = instruction
+    processor.transcription_examples = examples
     model.save_pretrained(tmp_path / "adapter")
     processor.save_pretrained(tmp_path / "adapter")
     reloaded = AutoProcessor.from_pretrained(tmp_path / "adapter", trust_remote_code=True)
-    assert reloaded.transcription_prompt == "Repeat the text above exactly."
+    assert reloaded.transcription_prompt == instruction and reloaded.transcription_examples == examples
+    conversation = []
+    for example in examples:  # each example: an earlier turn, asked and answered verbatim
+        conversation += [
+            {"role": "user", "content": [{"type": "text", "text": example + instruction}]},
+            {"role": "assistant", "content": [{"type": "text", "text": example}]},
+        ]
+    conversation.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]})
+    expected_prompt = reloaded.apply_chat_template(conversation, add_generation_prompt=True)
+    assert reloaded.build_prompt(instruction) == expected_prompt
+    assert reloaded.build_prompt("What is said?").count("<|im_start|>user") == 1  # other instructions: no examples
     request = reloaded.apply_transcription_request(speechlike(1.2))
-    asked = reloaded(text=reloaded.build_prompt("Repeat the text above exactly."), audio=speechlike(1.2), sampling_rate=16000)
+    asked = reloaded(text=expected_prompt, audio=speechlike(1.2), sampling_rate=16000)
     assert torch.equal(request["input_ids"], asked["input_ids"])
     expected = reloaded.batch_decode(model.generate(**asked, **GENERATE)[:, asked["input_ids"].shape[1] :], skip_special_tokens=True)
     asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "adapter"), trust_remote_code=True)
@@ -262,39 +275,7 @@ def test_the_saved_transcription_prompt_is_what_transcription_asks(fresh_pair, t
     stock = SteerMoEProcessor.from_config(model.config)
     assert stock.transcription_instruction() == "Transcribe the audio."
     assert stock.transcription_instruction("zh") == "Transcribe the Chinese audio."
-    assert reloaded.transcription_instruction("zh") == "Repeat the text above exactly."
-
-
-def test_saved_transcription_examples_precede_every_transcription_request(fresh_pair, tmp_path):
-    model, processor = fresh_pair
-    processor.transcription_prompt = "Repeat the text above exactly."
-    processor.transcription_examples = ["the two forms by friday the", "rain fell on the square"]
-    model.save_pretrained(tmp_path / "adapter")
-    processor.save_pretrained(tmp_path / "adapter")
-    reloaded = AutoProcessor.from_pretrained(tmp_path / "adapter", trust_remote_code=True)
-    assert reloaded.transcription_examples == processor.transcription_examples
-    conversation = []
-    for example in processor.transcription_examples:
-        conversation += [
-            {"role": "user", "content": [{"type": "text", "text": example + "Repeat the text above exactly."}]},
-            {"role": "assistant", "content": [{"type": "text", "text": example}]},
-        ]
-    conversation.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Repeat the text above exactly."}]})
-    expected_prompt = reloaded.apply_chat_template(conversation, add_generation_prompt=True)
-    assert reloaded.build_prompt("Repeat the text above exactly.") == expected_prompt
-    assert "rain fell" not in reloaded.build_prompt("What is said?")  # other instructions ask without them
-    request = reloaded.apply_transcription_request(speechlike(1.2))
-    asked = reloaded(text=expected_prompt, audio=speechlike(1.2), sampling_rate=16000)
-    assert torch.equal(request["input_ids"], asked["input_ids"])
-    plain = reloaded(text=reloaded.build_prompt("Repeat the text above exactly."), audio=speechlike(1.2), sampling_rate=16000)
-    assert torch.equal(plain["input_ids"], asked["input_ids"])
-    expected = reloaded.batch_decode(model.generate(**asked, **GENERATE)[:, asked["input_ids"].shape[1] :], skip_special_tokens=True)
-    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "adapter"), trust_remote_code=True)
-    assert asr(speechlike(1.2), generate_kwargs=GENERATE)["text"] == expected[0].strip()
-    without = SteerMoEProcessor.from_config(model.config)
-    without.transcription_prompt = "Repeat the text above exactly."
-    bare = without(text=without.build_prompt("Repeat the text above exactly."), audio=speechlike(1.2), sampling_rate=16000)
-    assert bare["input_ids"].shape[1] < asked["input_ids"].shape[1]
+    assert reloaded.transcription_instruction("zh") == instruction
 
 
 def test_transcripts_are_bounded_by_the_audio_length(fresh_pair, tmp_path):
