@@ -705,7 +705,8 @@ class SteerMoETrainer(Trainer):
             ctc = self.metric.compute(predictions=readouts, references=references, language=self.language)
             metrics.update({f"{metric_key_prefix}_ctc_{key}": value for key, value in ctc.items()})
             # audio frames the LLM reads per second of audio (the placeholders stand at a fixed rate)
-            frames_read, placeholders = map(sum, zip(*self.accelerator.gather_for_metrics([(frames_read, placeholders)], use_gather_object=True)))
+            counts = self.accelerator.gather_for_metrics([(frames_read, placeholders)], use_gather_object=True)
+            frames_read, placeholders = map(sum, zip(*counts))
             seconds = placeholders * self.processing_class.audio_token_seconds
             metrics[f"{metric_key_prefix}_llm_frames_per_second"] = round(frames_read / max(seconds, 1e-9), 3)
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
