@@ -416,25 +416,34 @@ class CTCDraftedGreedyDecoding:
         return []
 
     @torch.no_grad()
-    def decode(self, input_ids, inputs_embeds, attention_mask, max_new_tokens, eos_token_ids, stopping_criteria=(), streamer=None):
+    def decode(
+        self, input_ids, inputs_embeds, attention_mask, max_new_tokens, eos_token_ids, stopping_criteria=(),
+        streamer=None, prefix=(None, 0),
+    ):  # fmt: skip
         """Args:
             input_ids: `(1, prompt_len)` the prompt as the LLM's `generate` would see it (what criteria read).
             inputs_embeds: `(1, prompt_len, D)` its embeddings; attention_mask: `(1, prompt_len)` (left padding).
             max_new_tokens (`int`); eos_token_ids (`list[int]`); stopping_criteria: called as `generate` calls them,
                 after each token; streamer: gets the prompt, then each accepted token.
+            prefix: `(key/value cache, length)` of the prompt's first `length` tokens after its padding (the LLM then
+                reads the rest of the prompt only), or `(None, 0)`.
         Returns:
             `(1, prompt_len + new_tokens)`."""
         llm = self.language_model
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = DynamicCache(config=llm.config)
+        if attention_mask is not None:  # one prompt: its padding is dropped, not masked
+            inputs_embeds = inputs_embeds[:, attention_mask[0].bool()]
+        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=input_ids.device)
+        cache, start = prefix
+        if cache is None:
+            cache = DynamicCache(config=llm.config)
         logits = llm(
-            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            inputs_embeds=inputs_embeds[:, start:], attention_mask=mask,
+            position_ids=torch.arange(start, mask.shape[1], device=input_ids.device)[None], past_key_values=cache,
             use_cache=True, logits_to_keep=1,
         ).logits[:, -1]  # fmt: skip
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        sequence, decoded, next_position = input_ids, [], int(positions[0, -1]) + 1
+        sequence, decoded, next_position = input_ids, [], mask.shape[1]
         while True:
             accepted, candidates = [], []
             token = int(logits[0].argmax())
@@ -865,6 +874,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.FloatTensor,
         feature_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> list[list[int]]:
         """The CTC head's greedy transcript of each row's audio, without the LLM: every projected frame is scored
         against the LLM's input embeddings as the CTC loss scores it (cosine with `ctc_logit_scale > 0`, else the dot
@@ -874,6 +884,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Args:
             input_ids: `(batch, seq_len)` prompts with audio placeholders (they say which frames are whose).
             input_features, feature_attention_mask: as in `forward`.
+            attention_mask: the prompts' mask, unused (the placeholders say where the audio is): taken so that the
+                processor's whole output can be passed, `model.ctc_readout(**inputs)`.
         Returns:
             One list of LLM token ids per row (`processor.batch_decode` turns them into text).
         """
@@ -886,6 +898,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.FloatTensor,
         feature_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.LongTensor:
         """`(batch,)` how many audio frames the LLM reads in each row: every placeholder, or with
         `frame_compression` those the CTC head keeps (one per run). Arguments as in `ctc_readout`."""
@@ -970,11 +983,12 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             logits, _ = self._target_logits(teacher_embeds, teacher_attention_mask, teacher_labels, prefix)
         return logits
 
-    def _prompt_prefix_cache(self, input_ids):
+    def _prompt_prefix_cache(self, input_ids, always: bool = False):
         """`(DynamicCache, prefix length)` for the rows' shared prompt prefix (the tokens before the first audio
         placeholder, identical in every row), computed once per distinct prefix, dtype and device without
-        gradients; `(None, 0)` when `cache_prompt_prefix` is off or the rows share no prefix."""
-        if not self.config.cache_prompt_prefix or input_ids is None:
+        gradients; `(None, 0)` when `cache_prompt_prefix` is off (unless `always`), the LLM has LoRA or the rows
+        share no prefix."""
+        if not (self.config.cache_prompt_prefix or always) or input_ids is None or self._llm_lora_layers:
             return None, 0
         is_audio = self.get_placeholder_mask(input_ids)
         if not bool(is_audio.any(dim=1).all()):
@@ -1138,6 +1152,9 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             drafting = self._ctc_drafting(ctc_drafts, input_ids, generation_config, kwargs)
             if drafting:
                 draft = self._ctc_greedy_tokens(inputs_embeds, placeholder_mask)[0]
+                # The prompt before the audio (system turn, copy turns) runs once per model: its cache is reused.
+                unpadded = attention_mask is None or bool(attention_mask.all())
+                prefix = self._prompt_prefix_cache(input_ids, always=True) if unpadded else (None, 0)
             # The LLM sees the prompt ids (placeholders as padding, which the embeddings replace) so that its output,
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
@@ -1163,6 +1180,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 output = decoding.decode(
                     llm_input_ids, inputs_embeds, attention_mask, max_new_tokens,
                     [] if eos is None else eos if isinstance(eos, list) else [eos], criteria, kwargs.get("streamer"),
+                    prefix,
                 )  # fmt: skip
                 self.__dict__["_last_ctc_drafting"] = decoding  # its counts, for bench/ctc_drafts.py
             else:

@@ -109,3 +109,23 @@ def test_a_streamer_prints_the_same_text(drafted, processor, monkeypatch, capsys
     plain_text = capsys.readouterr().out
     model.generate(**inputs, ctc_drafts=True, max_new_tokens=16, streamer=streamer)
     assert capsys.readouterr().out == plain_text and plain_text.strip()
+
+
+def test_compressed_adapter_with_copy_turns_reuses_the_prompt_prefix(make_model, processor, monkeypatch):
+    """Frames dropped by the CTC head leave padding in the prompt, and the copy turns a long constant prefix; drafted
+    decoding drops the padding, reads the prefix's cached keys and values, and still decodes as plain greedy."""
+    model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0, frame_compression="ctc_argmax", soft_token_temperature=0.5)
+    processor.transcription_examples = ["the cat sat on the mat", "rain fell on the market"]
+    prompt = processor.build_prompt(processor.transcription_prompt)
+    state = with_draft(model, monkeypatch, lambda plain: plain)
+    outputs = []
+    for seed, seconds in ((0, 2.0), (1, 1.3), (0, 2.0)):
+        inputs = processor(text=[prompt], audio=[speechlike(seconds, seed=seed)], sampling_rate=16000)
+        frames = int(inputs["input_ids"].eq(model.config.audio_token_id).sum())
+        assert model.audio_frames_read(**inputs)[0] < frames  # some placeholders left unfilled
+        state["plain"] = model.generate(**inputs, ctc_drafts=False, max_new_tokens=16)[0, -16:].tolist()
+        fast = model.generate(**inputs, ctc_drafts=True, max_new_tokens=16)
+        assert fast[0, -16:].tolist() == state["plain"]
+        outputs.append(fast)
+    assert len(model._prefix_caches) == 1  # one prompt prefix, computed once
+    assert outputs[2].tolist() == outputs[0].tolist()
