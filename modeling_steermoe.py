@@ -907,14 +907,18 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         _, remove = self._compress_frames(placeholder_mask, inputs_embeds)
         return (placeholder_mask & ~remove).sum(1)
 
-    def _ctc_greedy_tokens(self, inputs_embeds, placeholder_mask) -> list[list[int]]:
-        """The CTC head's greedy readout of the frames at `placeholder_mask` in `inputs_embeds`, one list per row."""
+    def _ctc_greedy_tokens(self, inputs_embeds, placeholder_mask, labels=None) -> list[list[int]]:
+        """The CTC head's greedy readout of the frames at `placeholder_mask` in `inputs_embeds`, one list per row;
+        `labels` `(batch, seq_len)`: the frames' best labels when already known (`_compression_choice`)."""
         blank = self._ctc_blank()
-        scores = ctc_logits(
-            inputs_embeds[placeholder_mask], self.get_input_embeddings().weight.float(), self.config.ctc_logit_scale,
-            self._embedding_row_norms()[0],
-        )  # fmt: skip
-        labels = scores.argmax(-1).split(placeholder_mask.sum(1).tolist())
+        if labels is None:
+            labels = ctc_logits(
+                inputs_embeds[placeholder_mask], self._ctc_head_weight(), self.config.ctc_logit_scale,
+                self._embedding_row_norms()[0],
+            ).argmax(-1)  # fmt: skip
+        else:
+            labels = labels[placeholder_mask]
+        labels = labels.split(placeholder_mask.sum(1).tolist())
         tokens = []
         for row in labels:
             keep = torch.ones_like(row, dtype=torch.bool)
@@ -1060,14 +1064,15 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         keep[placeholder_mask] = kept.to(keep.device)
         return labels, keep
 
-    def _compress_frames(self, placeholder_mask, inputs_embeds):
+    def _compress_frames(self, placeholder_mask, inputs_embeds, choice=None):
         """`ctc_compress` of the audio frames of `inputs_embeds` `(batch, seq_len, D)` at `placeholder_mask` as
         `frame_compression` says (as `ctc_soft_tokens` with `soft_token_temperature`): the compressed embeddings and
-        the mask `(batch, seq_len)` of the placeholders to remove (all False without compression)."""
+        the mask `(batch, seq_len)` of the placeholders to remove (all False without compression). `choice`: the
+        `_compression_choice` of these frames when already made."""
         placeholder_mask = placeholder_mask.to(inputs_embeds.device)
         if self.config.frame_compression is None:
             return inputs_embeds, torch.zeros_like(placeholder_mask)
-        labels, keep = self._compression_choice(inputs_embeds, placeholder_mask)
+        labels, keep = choice if choice is not None else self._compression_choice(inputs_embeds, placeholder_mask)
         compressed, remove = ctc_compress(inputs_embeds, placeholder_mask, labels, keep)
         if self.config.soft_token_temperature is None:
             return compressed, remove
@@ -1150,8 +1155,13 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
             placeholder_mask = self.get_placeholder_mask(input_ids)
             drafting = self._ctc_drafting(ctc_drafts, input_ids, generation_config, kwargs)
+            choice = labels = None
             if drafting:
-                draft = self._ctc_greedy_tokens(inputs_embeds, placeholder_mask)[0]
+                frames_mask = placeholder_mask.to(inputs_embeds.device)
+                if self.config.frame_compression is not None:  # the compression's labels are the draft's
+                    choice = self._compression_choice(inputs_embeds, frames_mask)
+                    labels = choice[0]
+                draft = self._ctc_greedy_tokens(inputs_embeds, frames_mask, labels)[0]
                 # The prompt before the audio (system turn, copy turns) runs once per model: its cache is reused.
                 unpadded = attention_mask is None or bool(attention_mask.all())
                 prefix = self._prompt_prefix_cache(input_ids, always=True) if unpadded else (None, 0)
@@ -1159,7 +1169,7 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             # streamers and logits processors hold the prompt; the placeholders are put back in the result.
             pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
             llm_input_ids = input_ids.masked_fill(placeholder_mask, pad_id)
-            inputs_embeds, remove = self._compress_frames(placeholder_mask, inputs_embeds)
+            inputs_embeds, remove = self._compress_frames(placeholder_mask, inputs_embeds, choice)
             if bool(remove.any()):  # unfilled placeholders become left padding: the prompt keeps its width
                 if attention_mask is None:
                     attention_mask = torch.ones_like(input_ids)
