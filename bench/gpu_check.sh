@@ -4,13 +4,15 @@
 # torch with CUDA, and this repo's requirements (transformers >= 5.23, soundfile, soxr).
 #
 #   bash bench/gpu_check.sh                          # all parts
-#   bash bench/gpu_check.sh decode                   # some: train, encoder, decode
+#   bash bench/gpu_check.sh decode drafts            # some: train, encoder, decode, drafts
 #
 # Each benchmark runs in its own process under a time limit ($STEP_TIMEOUT seconds); one that fails is reported and
 # the others still run; the exit status is 1 if any failed. Tables go to stdout, JSON to $RESULTS/<part>/.
 # decode runs the issue's two setups (dynamic cache; static cache with transformers' default compilation) and the
 # tuned one (one graph, CUDA graphs, one reused static cache, no EOS check), each on both sides, with the ops per
 # decoded token counted by the profiler; TORCH_LOGS=perf_hints prints why a CUDA graph was skipped, if one was.
+# drafts times CTC-drafted decoding's verify passes with drafts equal to the greedy output (tokens per second per
+# stream against one token per pass).
 # SIZE=tiny DEVICE=cpu runs the same steps at the smoke-test size on a CPU (a check of this script, not a figure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ SIZE=${SIZE:-large}
 DEVICE=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(train encoder decode)
+[ ${#parts[@]} -eq 0 ] && parts=(train encoder decode drafts)
 
 DEVICE=$DEVICE "$PYTHON" - <<'PY' || exit 1
 import os, soundfile, soxr, torch, transformers
@@ -52,7 +54,8 @@ for part in "${parts[@]}"; do
       TORCH_LOGS=perf_hints step decode-tuned "${decode[@]}" --cache_implementation static \
         --compile_mode reduce-overhead --reuse_cache --ignore_eos
       ;;
-    *) echo "gpu_check: unknown part '$part' (train, encoder, decode)" >&2; exit 2 ;;
+    drafts) step drafts bench/ctc_drafts.py --new_tokens 64 --repeats 3 --warmup 1 ;;
+    *) echo "gpu_check: unknown part '$part' (train, encoder, decode, drafts)" >&2; exit 2 ;;
   esac
 done
 exit $failed
