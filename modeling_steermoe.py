@@ -875,7 +875,8 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
         input_features: torch.FloatTensor,
         feature_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> list[list[int]]:
+        return_frames_read: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], torch.LongTensor]:
         """The CTC head's greedy transcript of each row's audio, without the LLM: every projected frame is scored
         against the LLM's input embeddings as the CTC loss scores it (cosine with `ctc_logit_scale > 0`, else the dot
         product), then argmax, repeats collapsed, blanks dropped. Meaningful for adapters trained with
@@ -886,26 +887,28 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             input_features, feature_attention_mask: as in `forward`.
             attention_mask: the prompts' mask, unused (the placeholders say where the audio is): taken so that the
                 processor's whole output can be passed, `model.ctc_readout(**inputs)`.
+            return_frames_read (`bool`): also return how many audio frames the LLM reads in each row (every
+                placeholder, or with `frame_compression` those the CTC head keeps, one per run), from the same pass.
         Returns:
-            One list of LLM token ids per row (`processor.batch_decode` turns them into text).
+            One list of LLM token ids per row (`processor.batch_decode` turns them into text); with
+            `return_frames_read`, `(those lists, (batch,) frames read)`.
         """
         inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
-        return self._ctc_greedy_tokens(inputs_embeds, self.get_placeholder_mask(input_ids))
-
-    @torch.no_grad()
-    def audio_frames_read(
-        self,
-        input_ids: torch.LongTensor,
-        input_features: torch.FloatTensor,
-        feature_attention_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.LongTensor:
-        """`(batch,)` how many audio frames the LLM reads in each row: every placeholder, or with
-        `frame_compression` those the CTC head keeps (one per run). Arguments as in `ctc_readout`."""
-        inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
         placeholder_mask = self.get_placeholder_mask(input_ids).to(inputs_embeds.device)
-        _, remove = self._compress_frames(placeholder_mask, inputs_embeds)
-        return (placeholder_mask & ~remove).sum(1)
+        tokens, choice = self._ctc_readout_with_choice(inputs_embeds, placeholder_mask)
+        if not return_frames_read:
+            return tokens
+        _, remove = self._compress_frames(placeholder_mask, inputs_embeds, choice)
+        return tokens, (placeholder_mask & ~remove).sum(1)
+
+    def _ctc_readout_with_choice(self, inputs_embeds, placeholder_mask):
+        """`(_ctc_greedy_tokens of the frames, their _compression_choice)`: with `frame_compression` the readout is
+        read from the choice's labels (the frames scored over the vocabulary once for both); the choice is `None`
+        without compression."""
+        choice = None
+        if self.config.frame_compression is not None:
+            choice = self._compression_choice(inputs_embeds, placeholder_mask)
+        return self._ctc_greedy_tokens(inputs_embeds, placeholder_mask, None if choice is None else choice[0]), choice
 
     def _ctc_greedy_tokens(self, inputs_embeds, placeholder_mask, labels=None) -> list[list[int]]:
         """The CTC head's greedy readout of the frames at `placeholder_mask` in `inputs_embeds`, one list per row;
@@ -1155,13 +1158,10 @@ class SteerMoEForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds, _ = self._merge_audio_into_embeddings(input_ids, input_features, feature_attention_mask)
             placeholder_mask = self.get_placeholder_mask(input_ids)
             drafting = self._ctc_drafting(ctc_drafts, input_ids, generation_config, kwargs)
-            choice = labels = None
-            if drafting:
-                frames_mask = placeholder_mask.to(inputs_embeds.device)
-                if self.config.frame_compression is not None:  # the compression's labels are the draft's
-                    choice = self._compression_choice(inputs_embeds, frames_mask)
-                    labels = choice[0]
-                draft = self._ctc_greedy_tokens(inputs_embeds, frames_mask, labels)[0]
+            choice = None
+            if drafting:  # the compression's labels are the draft's
+                drafts, choice = self._ctc_readout_with_choice(inputs_embeds, placeholder_mask.to(inputs_embeds.device))
+                draft = drafts[0]
                 # The prompt before the audio (system turn, copy turns) runs once per model: its cache is reused.
                 unpadded = attention_mask is None or bool(attention_mask.all())
                 prefix = self._prompt_prefix_cache(input_ids, always=True) if unpadded else (None, 0)

@@ -673,10 +673,12 @@ class SteerMoETrainer(Trainer):
         for batch in tqdm(loader, desc="Evaluating", disable=not self.is_local_process_zero()):
             refs = batch.pop("references")
             if read_ctc:  # the CTC head's own greedy transcript of the same frames, beside the LLM's
-                tokens = model.ctc_readout(batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"))
+                tokens, read = model.ctc_readout(
+                    batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"),
+                    return_frames_read=True,
+                )  # fmt: skip
                 readouts += [text.strip() for text in self.processing_class.batch_decode(tokens, skip_special_tokens=True)]
-                args = (batch["input_ids"], batch["input_features"], batch.get("feature_attention_mask"))
-                frames_read += int(model.audio_frames_read(*args).sum())
+                frames_read += int(read.sum())
                 placeholders += int(model.get_placeholder_mask(batch["input_ids"]).sum())
             bound = []
             if self.eval_collator.data_args.task == "asr":  # the pipeline's transcript length bound

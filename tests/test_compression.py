@@ -127,7 +127,9 @@ def test_generate_reads_the_compressed_frames_and_returns_the_prompt_with_its_pl
     model = make_model(ctc_loss_coef=1.0, ctc_logit_scale=30.0, frame_compression=mode, soft_token_temperature=temperature)
     batch, tokens = token_frames(model, processor, ["the quick", "a dog ran"], monkeypatch)
     greedy = {"max_new_tokens": 6, "do_sample": False}
-    read = model.audio_frames_read(batch["input_ids"], batch["input_features"], batch["feature_attention_mask"])
+    _, read = model.ctc_readout(
+        batch["input_ids"], batch["input_features"], batch["feature_attention_mask"], return_frames_read=True
+    )
     assert read.tolist() == [len(row) for row in tokens]  # one frame per token
     out = model.generate(**batch, **greedy)
     width = batch["input_ids"].shape[1]
